@@ -1,0 +1,99 @@
+"""Shared test fixtures: real models and images from ../shared, exports made once per run.
+
+Paths come from environment variables so the suite runs anywhere the data is:
+SCRFD_SHARED (default ../shared beside the repository) holds models/, samples/, widerface/.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+SHARED = Path(os.environ.get("SCRFD_SHARED", REPO.parent / "shared")).resolve()
+MODELS = Path(os.environ.get("SCRFD_MODELS", SHARED / "models"))
+SAMPLES = Path(os.environ.get("SCRFD_SAMPLES", SHARED / "samples"))
+WIDER = Path(os.environ.get("SCRFD_WIDER", SHARED / "widerface"))
+TEST_HW = (128, 160)  # small, non-square: keeps conversions fast on two cores
+# Exports are cached per run (tests reuse them); SCRFD_TEST_CACHE keeps them across runs.
+CACHE = Path(os.environ.get("SCRFD_TEST_CACHE", REPO / ".cache" / "tests"))
+
+
+def run_script(script: str, *args: str, check: bool = True, timeout: float = 900,
+               cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """Run one of the top-level scripts as a user would; return its completed process."""
+    proc = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} {' '.join(map(str, args))} exited {proc.returncode}\n"
+                             f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"test data not found: {path} (set SCRFD_SHARED)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    return _need(MODELS)
+
+
+@pytest.fixture(scope="session")
+def samples_dir() -> Path:
+    return _need(SAMPLES)
+
+
+@pytest.fixture(scope="session")
+def wider_dir() -> Path:
+    return _need(WIDER)
+
+
+@pytest.fixture(scope="session")
+def det500m_onnx(models_dir) -> Path:
+    return _need(models_dir / "det_500m.onnx")
+
+
+@pytest.fixture(scope="session")
+def cache_dir() -> Path:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    return CACHE
+
+
+@pytest.fixture(scope="session")
+def fixed_onnx(det500m_onnx, cache_dir) -> Path:
+    """det_500m fixed to TEST_HW by export_modified_onnx.py (made once per run)."""
+    out = cache_dir / f"det_500m_{TEST_HW[0]}x{TEST_HW[1]}.onnx"
+    if not out.exists():
+        run_script("export_modified_onnx.py", "--model", det500m_onnx,
+                   "--hw", f"{TEST_HW[0]},{TEST_HW[1]}", "--out", out)
+    return out
+
+
+def _export(fixed_onnx: Path, cache_dir: Path, precision: str, wider: Path | None) -> Path:
+    out = cache_dir / f"scrfd500m_{TEST_HW[0]}x{TEST_HW[1]}_{precision}.tflite"
+    if not out.exists():
+        args = ["--onnx", fixed_onnx, "--out", out]
+        if precision != "float32":
+            args.append(f"--{precision}")
+        if precision in ("int8", "dynamic"):
+            args += ["--calib", wider / "WIDER_val" / "images", "--calib-count", "24"]
+        run_script("export_tflite.py", *args, "--check-images", SAMPLES / "friends.jpg")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tflite_float32(fixed_onnx, cache_dir) -> Path:
+    return _export(fixed_onnx, cache_dir, "float32", None)
+
+
+@pytest.fixture(scope="session")
+def tflite_int8(fixed_onnx, cache_dir, wider_dir) -> Path:
+    return _export(fixed_onnx, cache_dir, "int8", wider_dir)

@@ -298,19 +298,29 @@ def decode(raw: RawOutputs, input_hw: tuple[int, int], anchors: int, score_thres
             landmarks)
 
 
+_ALL_NEIGHBOURS = np.array([(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
+_FORWARD_NEIGHBOURS = np.array([(0, 0), (0, 1), (1, -1), (1, 0), (1, 1)])  # each pair once
+
+
 def _grid_pairs(cx: np.ndarray, cy: np.ndarray, cell_w: float, cell_h: float,
-                anchors: np.ndarray, partners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (anchor, partner) whose centres fall in the same or adjacent grid cells."""
-    both = np.concatenate([anchors, partners])
+                anchors: np.ndarray, partners: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (anchor, partner) whose centres fall in the same or adjacent grid cells.
+
+    With partners=None the anchors are paired among themselves, each pair once.
+    """
+    same = partners is None
+    partners = anchors if same else partners
+    both = anchors if same else np.concatenate([anchors, partners])
     gx = (cx[both] / cell_w).astype(np.int64)
     gy = (cy[both] / cell_h).astype(np.int64)
     gx -= gx.min() - 1
     gy -= gy.min() - 1
     row = int(gx.max()) + 2
     keys = gy * row + gx
-    anchor_keys, partner_keys = keys[: len(anchors)], keys[len(anchors):]
+    anchor_keys, partner_keys = keys[: len(anchors)], keys[len(anchors):] if not same else keys
+    neighbours = _FORWARD_NEIGHBOURS if same else _ALL_NEIGHBOURS
+    wanted = (anchor_keys[:, None] + (neighbours[:, 0] * row + neighbours[:, 1])).ravel()
     order = np.argsort(partner_keys, kind="stable")
-    wanted = (anchor_keys[:, None] + (_NEIGHBOURS_DY[:, None] * row + _NEIGHBOURS_DX).ravel()).ravel()
     cells = (int(gy.max()) + 2) * row
     if cells <= 64 * len(wanted) + 4096:  # dense table: O(1) lookups
         per_cell = np.bincount(partner_keys, minlength=cells)
@@ -319,13 +329,14 @@ def _grid_pairs(cx: np.ndarray, cy: np.ndarray, cell_w: float, cell_h: float,
         sorted_keys = partner_keys[order]
         left = np.searchsorted(sorted_keys, wanted, "left")
         counts = np.searchsorted(sorted_keys, wanted, "right") - left
-    total = int(counts.sum())
-    starts = np.repeat(left - np.cumsum(counts) + counts, counts)
-    return (np.repeat(np.repeat(anchors, 9), counts),
-            partners[order[starts + np.arange(total)]])
-
-
-_NEIGHBOURS_DY, _NEIGHBOURS_DX = np.array([-1, 0, 1]), np.array([-1, 0, 1])
+    ends = np.cumsum(counts)
+    index = np.arange(int(ends[-1]) if len(ends) else 0) + np.repeat(left - ends + counts, counts)
+    a_pos = np.repeat(np.arange(len(anchors)).repeat(len(neighbours)), counts)
+    b_pos = order[index]
+    if same:  # within one cell, keep each pair once
+        once = (b_pos > a_pos) | (partner_keys[b_pos] != anchor_keys[a_pos])
+        a_pos, b_pos = a_pos[once], b_pos[once]
+    return anchors[a_pos], partners[b_pos]
 
 
 def _overlapping_pairs(boxes: np.ndarray, iou_threshold: float) -> tuple[np.ndarray, np.ndarray]:
@@ -343,18 +354,18 @@ def _overlapping_pairs(boxes: np.ndarray, iou_threshold: float) -> tuple[np.ndar
     span = int(np.ceil(np.log2(1 / t))) if t > 0 else 1 << 20
     band = np.floor(np.log2(widths)).astype(np.int64)
     cx, cy = (x1 + x2) * 0.5, (y1 + y2) * 0.5
-    levels = np.unique(band)
-    members = {int(level): np.flatnonzero(band == level) for level in levels}
-    widest = {level: widths[m].max() for level, m in members.items()}
-    tallest = {level: heights[m].max() for level, m in members.items()}
+    by_band = np.argsort(band, kind="stable")
+    levels, starts = np.unique(band[by_band], return_index=True)
+    members = dict(zip(levels.tolist(), np.split(by_band, starts[1:])))
+    widest = {level: float(widths[m].max()) for level, m in members.items()}
+    tallest = {level: float(heights[m].max()) for level, m in members.items()}
     firsts, seconds = [], []
-    for level in map(int, levels):
-        for other in map(int, levels[(levels >= level) & (levels <= level + span)]):
+    for level in members:
+        for other in (o for o in members if level <= o <= level + span):
             cell_w = max(reach * (widest[level] + widest[other]), 1e-6)
             cell_h = max(reach * (tallest[level] + tallest[other]), 1e-6)
-            a, b = _grid_pairs(cx, cy, cell_w, cell_h, members[level], members[other])
-            if other == level:
-                a, b = a[b > a], b[b > a]
+            a, b = _grid_pairs(cx, cy, cell_w, cell_h, members[level],
+                               None if other == level else members[other])
             firsts.append(a)
             seconds.append(b)
     a, b = np.concatenate(firsts), np.concatenate(seconds)

@@ -141,6 +141,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator:
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
+        os.chmod(tmp, 0o644)  # mkstemp makes files private; results are ordinary files
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -158,12 +159,64 @@ def atomic_path(path: str | os.PathLike) -> contextlib.AbstractContextManager[Pa
         os.close(fd)
         try:
             yield Path(tmp)
+            os.chmod(tmp, 0o644)
             os.replace(tmp, final)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
     return _manager()
+
+
+@contextlib.contextmanager
+def jsonl_writer(path: Path) -> Iterator[Callable[[dict], None]]:
+    """JSON lines into a temporary file, flushed per record and renamed into place at the end.
+
+    The rename happens even after an error or Ctrl-C, since every line written is complete;
+    a run that wrote nothing leaves any earlier file alone.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    count = 0
+    with os.fdopen(fd, "w") as handle:
+        def write(record: dict) -> None:
+            nonlocal count
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+            count += 1
+        try:
+            yield write
+        finally:
+            handle.close()
+            if count:
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, path)
+            else:
+                os.unlink(tmp)
+
+
+def display(path: str | os.PathLike) -> str:
+    """Paths relative to the working folder when they are inside it: shorter to read."""
+    with contextlib.suppress(ValueError):
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    return str(path)
+
+
+REPO = Path(__file__).resolve().parent
+DEFAULT_MODEL = REPO / "models" / "scrfd500m_480x640_float32.tflite"  # the original quick start
+EXPORT_HINT = ("`python export_modified_onnx.py --model models/det_500m.onnx --hw 480,640` then "
+               "`python export_tflite.py --onnx models/det_500m_480x640.onnx`")
+DOWNLOAD_HINT = "`python export_modified_onnx.py --download buffalo_sc`"
+
+
+def check_model(path: Path) -> Path:
+    """A missing default model gets the commands that create it instead of a bare 'not found'."""
+    if path.exists() or path.resolve() != DEFAULT_MODEL:
+        return path  # the runners report a missing or unusable --model themselves
+    fetch = "" if (REPO / "models" / "det_500m.onnx").exists() else \
+        f" (first fetch det_500m.onnx with {DOWNLOAD_HINT})"
+    raise UserError(f"default model {display(path)} not found; create it with {EXPORT_HINT}"
+                    f"{fetch}, or pass --model")
 
 
 def parse_hw(text: str) -> tuple[int, int]:

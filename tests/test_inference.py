@@ -1,0 +1,387 @@
+"""End-to-end tests of scrfd.py and video_inference_fdlm.py, and of SCRFD on awkward inputs.
+
+The scripts run as subprocesses, as a user runs them. Models run small (ONNX at 320x320, the
+128x160 TFLite fixtures) and videos short, so the file takes well under a minute once the
+fixtures exist. Every generated input lives in a pytest tmp dir, never in the repository.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import REPO, TEST_HW, run_script
+from detector import SCRFD, read_image
+
+ONNX_SIZE = "320,320"  # dynamic ONNX at a small size: fast, still finds the sample faces
+SAMPLE_PHOTOS = ("friends.jpg", "group_t1.jpg", "crowd_selfie.jpg", "crowd_5334x2767.jpg",
+                 "oscars_selfie.jpg", "multiface.jpg", "two_people.jpg", "fans_crowd.jpg")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def count_frames(path: Path) -> int:
+    """Frames that really decode (the container's announced count can lie after damage)."""
+    capture = cv2.VideoCapture(str(path))
+    frames = 0
+    while capture.read()[0]:
+        frames += 1
+    capture.release()
+    return frames
+
+
+def frame_size(capture: cv2.VideoCapture) -> tuple[int, int]:
+    return (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Temporary files (.name.xxxx.part and the like) that a finished run must not leave."""
+    return [p.name for p in folder.rglob(".*")]
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    inter = (max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+             * max(0.0, min(a[3], b[3]) - max(a[1], b[1])))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union
+
+
+# ----------------------------------------------------------------------------- inputs
+def link(target: Path, path: Path) -> Path:
+    """A symlink instead of a copy: sample data stays where it is."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.symlink_to(target)
+    return path
+
+
+def write_video(path: Path, photo: Path, frames: int = 40, fps: float = 10.0,
+                size: tuple[int, int] = (320, 240)) -> Path:
+    """A short mp4v clip (as OpenCV writes it) of a photo sliding sideways: faces in every frame."""
+    photo = cv2.resize(read_image(photo), (size[0] + frames * 2, size[1]))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    for i in range(frames):
+        writer.write(np.ascontiguousarray(photo[:, i * 2: i * 2 + size[0]]))
+    writer.release()
+    return path
+
+
+def faststart(data: bytes) -> bytes:
+    """Move an .mp4's index (moov) in front of its data, as `ffmpeg -movflags faststart` does.
+
+    OpenCV writes the index last, so cutting its file anywhere loses the index and nothing
+    can be read; streamed or downloaded videos have it first, and then a cut keeps the frames
+    before it. The chunk offsets inside the index move by the index's own size.
+    """
+    atoms, i = [], 0
+    while i < len(data):
+        size, kind = struct.unpack(">I4s", data[i:i + 8])
+        atoms.append((kind, data[i:i + size]))
+        i += size
+    moov = bytearray(dict(atoms)[b"moov"])
+
+    def shift(start: int, end: int) -> None:
+        while start < end:
+            size, kind = struct.unpack(">I4s", moov[start:start + 8])
+            if kind in (b"trak", b"mdia", b"minf", b"stbl"):
+                shift(start + 8, start + size)
+            elif kind in (b"stco", b"co64"):
+                fmt, width = (">I", 4) if kind == b"stco" else (">Q", 8)
+                for k in range(struct.unpack(">I", moov[start + 12:start + 16])[0]):
+                    at = start + 16 + k * width
+                    offset, = struct.unpack(fmt, moov[at:at + width])
+                    moov[at:at + width] = struct.pack(fmt, offset + len(moov))
+            start += size
+
+    shift(8, len(moov))
+    return (dict(atoms)[b"ftyp"] + bytes(moov)
+            + b"".join(atom for kind, atom in atoms if kind not in (b"ftyp", b"moov")))
+
+
+@pytest.fixture(scope="module")
+def photo_folder(samples_dir, tmp_path_factory) -> Path:
+    """Real photos (linked) plus generated edge cases, one of them corrupt."""
+    folder = tmp_path_factory.mktemp("photos")
+    for name in ("friends.jpg", "group_t1.jpg", "crowd_5334x2767.jpg"):
+        link(samples_dir / name, folder / name)
+    friends = read_image(samples_dir / "friends.jpg")
+    edge = folder / "edge"
+    edge.mkdir()
+    cv2.imwrite(str(edge / "tiny.png"), np.full((5, 6, 3), 128, np.uint8))  # < one stride
+    cv2.imwrite(str(edge / "portrait.jpg"), np.vstack([friends, friends]))  # 600 wide, 800 high
+    cv2.imwrite(str(edge / "gray.png"), cv2.cvtColor(friends, cv2.COLOR_BGR2GRAY))
+    cv2.imwrite(str(edge / "rgba.png"), cv2.cvtColor(friends, cv2.COLOR_BGR2BGRA))
+    cv2.imwrite(str(edge / "deep16.png"), friends.astype(np.uint16) * 257)
+    cv2.imwrite(str(edge / "blank.png"), np.zeros((300, 400, 3), np.uint8))
+    cv2.imwrite(str(edge / "noise.png"),
+                np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8))
+    (edge / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4)
+    return folder
+
+
+# ----------------------------------------------------------------------------- scrfd.py
+EXPECTED_FACES = {"friends.jpg": 6, "group_t1.jpg": 6, "portrait.jpg": 12, "gray.png": 6,
+                  "rgba.png": 6, "deep16.png": 6, "blank.png": 0, "noise.png": 0, "tiny.png": 0}
+
+
+def test_photos_folder_with_edge_cases_and_a_corrupt_file(photo_folder, det500m_onnx, tmp_path):
+    out = tmp_path / "out"
+    proc = run_script("scrfd.py", "--model", det500m_onnx, "--size", ONNX_SIZE,
+                      "--image", photo_folder, "--out", out, "--json", out / "faces.jsonl")
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "corrupt.jpg" in warnings[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "summary: 11 image(s): 10 annotated, 1 unreadable (skipped)" in proc.stdout, proc.stdout
+    assert str(out) in proc.stdout  # says where results went
+
+    records = {Path(r["path"]).name: r for r in read_jsonl(out / "faces.jsonl")}
+    assert len(records) == 11
+    assert "error" in records["corrupt.jpg"] and "faces" not in records["corrupt.jpg"]
+    found = {name: len(r["faces"]) for name, r in records.items() if "faces" in r}
+    assert {k: found[k] for k in EXPECTED_FACES} == EXPECTED_FACES
+    assert found["crowd_5334x2767.jpg"] >= 10
+    for name, record in records.items():
+        if "faces" not in record:
+            continue
+        source = next(photo_folder.rglob(name))
+        height, width = read_image(source).shape[:2]
+        assert record["size"] == {"width": width, "height": height}
+        annotated = cv2.imread(str(out / name))
+        assert annotated is not None and annotated.shape[:2] == (height, width), name
+        for face in record["faces"]:
+            x1, y1, x2, y2 = face["box"]
+            assert 0 <= (x1 + x2) / 2 <= width and 0 <= (y1 + y2) / 2 <= height
+            assert 0.5 <= face["score"] <= 1 and len(face["landmarks"]) == 5
+    assert not (out / "corrupt.jpg").exists()
+    assert leftovers(out) == []
+
+
+def test_same_file_names_in_different_folders_keep_their_sub_folders(det500m_onnx, tmp_path):
+    for folder in ("a", "b/c"):
+        (tmp_path / "in" / folder).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "in" / folder / "x.png"), np.zeros((40, 50, 3), np.uint8))
+    run_script("scrfd.py", "--model", det500m_onnx, "--size", "128,160",
+               "--image", tmp_path / "in", "--out", tmp_path / "out")
+    assert (tmp_path / "out" / "a" / "x.png").is_file()
+    assert (tmp_path / "out" / "b" / "c" / "x.png").is_file()
+    assert len(read_jsonl(tmp_path / "out" / "faces.jsonl")) == 2
+
+
+def test_missing_paths_give_one_line_errors(det500m_onnx, samples_dir, tmp_path):
+    proc = run_script("scrfd.py", "--model", det500m_onnx, "--image", tmp_path / "nope.jpg",
+                      "--out", tmp_path / "out", check=False)
+    assert_one_line_error(proc, "nope.jpg")
+    proc = run_script("scrfd.py", "--model", tmp_path / "nope.tflite", "--image",
+                      samples_dir / "friends.jpg", "--out", tmp_path / "out", check=False)
+    assert_one_line_error(proc, "nope.tflite")
+    proc = run_script("scrfd.py", "--model", det500m_onnx, "--size", "300,300", check=False)
+    assert_one_line_error(proc, "multiple of 32")
+    assert not (tmp_path / "out").exists()
+
+
+def test_only_unreadable_images_exit_2(det500m_onnx, tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    proc = run_script("scrfd.py", "--model", det500m_onnx, "--image", tmp_path / "bad.png",
+                      "--out", tmp_path / "out", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith("error: none of the 1 image(s)")
+    assert "error" in read_jsonl(tmp_path / "out" / "faces.jsonl")[0]
+
+
+def run_copy(project: Path, script: str, *args: str) -> subprocess.CompletedProcess:
+    """Run a copy of a script in a scratch project folder: its default models/, data/ and
+    results/ are then that folder's, not the repository's (which others may fill)."""
+    for name in (script, "detector.py"):  # defaults are relative to detector.py's folder
+        shutil.copy(REPO / name, project / name)
+    wrapper = ("import atexit, runpy, sys\n"
+               "atexit.register(lambda: print('tensorflow imported:',\n"
+               "                              'tensorflow' in sys.modules))\n"
+               f"sys.argv = [{script!r}, *{list(map(str, args))!r}]\n"
+               f"runpy.run_path({script!r}, run_name='__main__')\n")
+    return subprocess.run([sys.executable, "-c", wrapper], cwd=project, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(project)})
+
+
+def test_defaults_model_hint_then_quick_start(tflite_float32, samples_dir, tmp_path):
+    proc = run_copy(tmp_path, "scrfd.py")
+    assert_one_line_error(proc, "models/scrfd500m_480x640_float32.tflite",
+                          "export_modified_onnx.py --model models/det_500m.onnx --hw 480,640",
+                          "python export_tflite.py --onnx models/det_500m_480x640.onnx",
+                          "--download buffalo_sc")
+    # the default names, filled with the small test export and the sample photo
+    default = tmp_path / "models" / "scrfd500m_480x640_float32.tflite"
+    link(tflite_float32, default)
+    link(Path(f"{tflite_float32}.json"), Path(f"{default}.json"))
+    proc = run_copy(tmp_path, "scrfd.py")
+    assert_one_line_error(proc, "data/friends.jpg")
+    link(samples_dir / "friends.jpg", tmp_path / "data" / "friends.jpg")
+    proc = run_copy(tmp_path, "scrfd.py")
+    assert proc.returncode == 0, proc.stderr
+    assert "litert" in proc.stdout and "tensorflow imported: False" in proc.stdout
+    assert cv2.imread(str(tmp_path / "results" / "friends.jpg")).shape == (400, 600, 3)
+    [record] = read_jsonl(tmp_path / "results" / "faces.jsonl")
+    assert len(record["faces"]) == 6
+
+
+def test_litert_float32_matches_onnxruntime_on_all_sample_photos(tflite_float32, det500m_onnx,
+                                                                 samples_dir):
+    """Same faces from both backends: IoU >= 0.99, scores within 1e-3 (at the test size)."""
+    threshold = 0.3  # below the default: more (and harder) faces to compare
+    onnx = SCRFD(det500m_onnx, TEST_HW, score_threshold=threshold)
+    lite = SCRFD(tflite_float32, score_threshold=threshold)
+    assert lite.runner.backend == "litert" and lite.input_hw == TEST_HW
+    compared = 0
+    for name in SAMPLE_PHOTOS:
+        image = read_image(samples_dir / name)
+        a, b = onnx.detect(image), lite.detect(image)
+        unmatched = set(range(len(b)))
+        for i in range(len(a)):
+            ious = [iou(a.boxes[i], b.boxes[j]) for j in unmatched]
+            if not ious or max(ious) < 0.99:
+                assert a.scores[i] < threshold + 1e-3, f"{name}: face {i} only from ONNX Runtime"
+                continue
+            j = sorted(unmatched)[int(np.argmax(ious))]
+            unmatched.discard(j)
+            assert abs(a.scores[i] - b.scores[j]) <= 1e-3, name
+            size = a.boxes[i, 2] - a.boxes[i, 0]
+            np.testing.assert_allclose(a.landmarks[i], b.landmarks[j], atol=0.01 * size)
+            compared += 1
+        assert all(b.scores[j] < threshold + 1e-3 for j in unmatched), f"{name}: LiteRT extra"
+    assert compared >= 30
+
+
+def test_int8_tflite_just_works(tflite_int8, samples_dir, tmp_path):
+    proc = run_script("scrfd.py", "--model", tflite_int8, "--image", samples_dir / "friends.jpg",
+                      "--out", tmp_path)
+    [record] = read_jsonl(tmp_path / "faces.jsonl")
+    assert 4 <= len(record["faces"]) <= 7, proc.stdout
+
+
+# ----------------------------------------------------------------------------- video script
+def test_video_sample_first_frames(tflite_float32, samples_dir, tmp_path):
+    proc = run_script("video_inference_fdlm.py", "--model", tflite_float32, "--video",
+                      samples_dir / "fatboygang.mp4", "--out", tmp_path, "--max-frames", "30")
+    video = tmp_path / "fatboygang_fdlm.mp4"
+    capture = cv2.VideoCapture(str(video))
+    assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(30.0)
+    assert frame_size(capture) == (640, 360)
+    assert count_frames(video) == 30
+    records = read_jsonl(tmp_path / "fatboygang_fdlm.jsonl")
+    assert [r["frame"] for r in records] == list(range(30))
+    for word in ("summary: 30 frames", "decode", "inference", "post-processing", str(video)):
+        assert word in proc.stdout, proc.stdout
+    assert "warning" not in proc.stderr
+    assert leftovers(tmp_path) == []
+
+
+def test_video_keeps_every_frame_fps_and_size(det500m_onnx, samples_dir, tmp_path):
+    source = write_video(tmp_path / "clip.mp4", samples_dir / "friends.jpg", frames=40, fps=12.5)
+    out = tmp_path / "out"
+    run_script("video_inference_fdlm.py", "--model", det500m_onnx, "--size", "128,160",
+               "--video", source, "--out", out)
+    video = out / "clip_fdlm.mp4"
+    capture = cv2.VideoCapture(str(video))
+    assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(12.5)
+    assert frame_size(capture) == (320, 240)
+    assert count_frames(video) == count_frames(source) == 40
+    records = read_jsonl(out / "clip_fdlm.jsonl")
+    assert len(records) == 40 and sum(len(r["faces"]) for r in records) > 40
+
+
+@pytest.mark.parametrize("kind", ["text", "mp4 cut before its index"])
+def test_video_that_cannot_be_opened(det500m_onnx, samples_dir, tmp_path, kind):
+    if kind == "text":
+        bad = tmp_path / "bad.mp4"
+        bad.write_text("not a video")
+    else:
+        good = write_video(tmp_path / "good.mp4", samples_dir / "friends.jpg")
+        bad = tmp_path / "cut.mp4"
+        bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    proc = run_script("video_inference_fdlm.py", "--model", det500m_onnx, "--video", bad,
+                      "--out", tmp_path / "out", check=False)
+    assert_one_line_error(proc, "cannot open video", bad.name)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_missing_video_and_webcam_give_one_line_errors(det500m_onnx, tmp_path):
+    proc = run_script("video_inference_fdlm.py", "--model", det500m_onnx, "--video",
+                      tmp_path / "none.mp4", "--out", tmp_path, check=False)
+    assert_one_line_error(proc, "none.mp4")
+    proc = run_script("video_inference_fdlm.py", "--model", det500m_onnx, "--webcam", "57",
+                      "--out", tmp_path, check=False)
+    assert_one_line_error(proc, "webcam 57")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("container", ["mp4", "mkv"])
+def test_truncated_video_keeps_the_frames_before_the_break(det500m_onnx, samples_dir, tmp_path,
+                                                          container):
+    whole = write_video(tmp_path / f"whole.{container}", samples_dir / "friends.jpg", frames=40)
+    data = whole.read_bytes()
+    if container == "mp4":
+        data = faststart(data)
+    broken = tmp_path / f"broken.{container}"
+    broken.write_bytes(data[: len(data) // 2])
+    readable = count_frames(broken)
+    assert 0 < readable < 40  # the input really breaks mid-way
+    out = tmp_path / "out"
+    proc = run_script("video_inference_fdlm.py", "--model", det500m_onnx, "--size", "128,160",
+                      "--video", broken, "--out", out)
+    assert "warning" in proc.stderr and f"ended after {readable} of the 40" in proc.stderr
+    assert count_frames(out / "broken_fdlm.mp4") == readable
+    assert len(read_jsonl(out / "broken_fdlm.jsonl")) == readable
+    assert leftovers(out) == []
+
+
+def test_ctrl_c_still_finalizes_the_video(det500m_onnx, samples_dir, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "video_inference_fdlm.py"), "--model", str(det500m_onnx),
+         "--size", "128,160", "--threads", "1", "--video", str(samples_dir / "hamilton_360p.mp4"),
+         "--out", str(out)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:  # wait for a few frames' JSON
+        parts = list(out.glob(".hamilton_360p_fdlm.jsonl.*")) if out.exists() else []
+        if parts and parts[0].read_text().count("\n") >= 5:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr
+    frames = len(read_jsonl(out / "hamilton_360p_fdlm.jsonl"))
+    assert 5 <= frames < 275
+    assert count_frames(out / "hamilton_360p_fdlm.mp4") == frames
+    assert f"summary: {frames} frames" in stdout
+    assert leftovers(out) == []
+
+
+def test_help_texts_explain_every_option():
+    for script, options in (("scrfd.py", ("--model", "--image", "--out", "--json", "--score",
+                                          "--nms", "--max-faces", "--size", "--threads")),
+                            ("video_inference_fdlm.py", ("--video", "--webcam", "--out", "--json",
+                                                         "--max-frames", "--show", "--size"))):
+        text = run_script(script, "--help").stdout
+        for option in options:
+            assert option in text
+        assert "default" in text

@@ -13,7 +13,7 @@ RUN := $(BIN)/python
 comma := ,
 HW_NAME := $(subst $(comma),x,$(HW))
 
-.PHONY: demo setup test models data clean
+.PHONY: demo setup test data docs clean
 .DEFAULT_GOAL := demo
 
 demo: setup models/scrfd500m_$(HW_NAME)_float32.tflite data/friends.jpg
@@ -47,6 +47,11 @@ data/friends.jpg:
 data: data/friends.jpg
 	@for d in WIDER_val ground_truth wider_face_split; do \
 	  [ -e data/$$d ] || [ ! -e "$(WIDER_SRC)/$$d" ] || ln -s "$$(cd "$(WIDER_SRC)" && pwd)/$$d" data/$$d; done
+
+# The README's picture: made by scrfd.py from the sample photo.
+docs: demo
+	$(RUN) scrfd.py --image data/friends.jpg --model models/scrfd500m_$(HW_NAME)_float32.tflite \
+	  --out docs --format png --json results/docs_faces.jsonl
 
 test: setup
 	SCRFD_SHARED=$(SHARED) $(RUN) -m pytest tests -q

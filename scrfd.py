@@ -45,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="folder for the annotated images, named like the inputs "
                              "(default: results/)")
+    parser.add_argument("--format", default=None, metavar="EXT",
+                        help="write annotated images in this format, e.g. png (default: the "
+                             "input's own format)")
     parser.add_argument("--json", type=Path, default=None,
                         help=f"JSON lines file: one line per image with path, size and faces "
                              f"(default: <out>/{JSON_NAME})")
@@ -63,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def output_paths(images: list[Path], out_dir: Path) -> list[Path]:
+def output_paths(images: list[Path], out_dir: Path, suffix: str | None = None) -> list[Path]:
     """results/<image name>; inputs that share a name keep their sub-folders to stay apart."""
     names = [p.name.lower() for p in images]
     if len(set(names)) == len(names):
@@ -72,6 +75,8 @@ def output_paths(images: list[Path], out_dir: Path) -> list[Path]:
         resolved = [Path(os.path.abspath(p)) for p in images]  # not resolve(): keep symlinked names
         root = Path(os.path.commonpath([p.parent for p in resolved]))
         outputs = [out_dir / p.relative_to(root) for p in resolved]
+    if suffix:
+        outputs = [p.with_suffix(suffix) for p in outputs]
     for image, output in zip(images, outputs):
         if output.resolve() == image.resolve():
             raise UserError(f"--out {display(out_dir)} would overwrite the input {display(image)}; "
@@ -97,7 +102,7 @@ def main() -> int:
     images = find_images(args.image)
     if not images:
         raise UserError(f"no images found in {' '.join(map(str, args.image))}")
-    outputs = output_paths(images, args.out)
+    outputs = output_paths(images, args.out, args.format and f".{args.format.lstrip('.')}")
     json_path = args.json or args.out / JSON_NAME
     if json_path.is_dir():
         raise UserError(f"--json {json_path} is a folder; give a file name such as faces.jsonl")

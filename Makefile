@@ -21,10 +21,11 @@ demo: setup models/scrfd500m_$(HW_NAME)_float32.tflite data/friends.jpg
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-inference.txt
+$(VENV)/.installed: requirements.txt requirements-inference.txt requirements-peers.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -r requirements-peers.txt
 	touch $@
 
 models/det_500m.onnx: | setup

@@ -287,7 +287,9 @@ def fixed_input_hw(model_path: Path) -> tuple[int, int] | None:
 
 def model_precision(detector: SCRFD) -> str:
     """float32 / float16 / int8 / dynamic-range, from the export metadata or the tensor types."""
-    runner = detector.runner
+    runner = getattr(detector, "runner", None)
+    if runner is None:  # a peer detector (peers.py) with its own runtime
+        return getattr(detector, "precision", "float32")
     if hasattr(runner, "session"):
         return "float16" if "float16" in runner.session.get_inputs()[0].type else "float32"
     if runner.precision != "unknown":
@@ -298,14 +300,29 @@ def model_precision(detector: SCRFD) -> str:
     return "float16" if "float16" in types else ("dynamic-range" if "int8" in types else "float32")
 
 
-def predict(model: Path, size: tuple[int, int] | None, keys: list[str], paths: dict[str, Path],
-            out: Path, threads: int, score_threshold: float, nms_threshold: float) -> dict:
+def open_detector(model: Path | str, size: tuple[int, int] | None, threads: int,
+                  score_threshold: float, nms_threshold: float):
+    """An SCRFD model file, or (a str) a peer detector from peers.py at its evaluation settings."""
+    if isinstance(model, Path):
+        return SCRFD(model, size, score_threshold, nms_threshold, max_faces=0, threads=threads)
+    import peers  # optional module: only comparisons need it
+
+    return peers.make_detector(model, evaluation=True, threads=threads)
+
+
+def predict(model: Path | str, size: tuple[int, int] | None, keys: list[str],
+            paths: dict[str, Path], out: Path, threads: int, score_threshold: float,
+            nms_threshold: float) -> dict:
     """Write a prediction file per image, reusing those a run with the same settings left."""
     from tqdm import tqdm
 
-    detector = SCRFD(model, size, score_threshold, nms_threshold, max_faces=0, threads=threads)
+    detector = open_detector(model, size, threads, score_threshold, nms_threshold)
+    model_file = Path(model) if isinstance(model, Path) else Path(detector.model_path)
+    score_threshold, nms_threshold = detector.score_threshold, detector.nms_threshold
+    input_hw = list(detector.input_hw) if detector.input_hw else None
+    name = model_file.name if isinstance(model, Path) else model
     pred_dir = out / "predictions"
-    settings = {"model_sha256": sha256_of(model), "input_size": list(detector.input_hw),
+    settings = {"detector": name, "model_sha256": sha256_of(model_file), "input_size": input_hw,
                 "score_threshold": score_threshold, "nms_threshold": nms_threshold}
     settings_path = out / "predictions.json"  # beside predictions/: the public code lists that
     if not settings_path.is_file() and any(pred_dir.glob("*/*.txt")):
@@ -320,12 +337,12 @@ def predict(model: Path, size: tuple[int, int] | None, keys: list[str], paths: d
         leftover.unlink()
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(settings_path) as handle:
-        json.dump({**settings, "model": str(model.resolve())}, handle, indent=2)
+        json.dump({**settings, "model": str(model_file.resolve())}, handle, indent=2)
 
     todo = [key for key in keys if not prediction_path(pred_dir, key).is_file()]
     skipped: list[str] = []
     start = time.perf_counter()
-    for key in tqdm(todo, desc=f"detect {model.name}", unit="img", dynamic_ncols=True,
+    for key in tqdm(todo, desc=f"detect {name}", unit="img", dynamic_ncols=True,
                     mininterval=1.0, disable=not todo):
         try:
             image = read_image(paths[key])
@@ -347,9 +364,12 @@ def predict(model: Path, size: tuple[int, int] | None, keys: list[str], paths: d
     if stale:
         print(f"note: {pred_dir} also holds {stale} files of images outside this evaluation; "
               "tools that read the whole folder will count them")
-    return {"model": {"path": str(model.resolve()), "sha256": settings["model_sha256"],
-                      "backend": detector.runner.backend, "precision": model_precision(detector)},
-            "input_size": list(detector.input_hw), "skipped_images": skipped,
+    backend = getattr(getattr(detector, "runner", detector), "backend", "unknown")
+    return {"model": {"name": name, "path": str(model_file.resolve()),
+                      "sha256": settings["model_sha256"], "backend": backend,
+                      "precision": model_precision(detector)},
+            "input_size": input_hw, "skipped_images": skipped,
+            "score_threshold": score_threshold, "nms_threshold": nms_threshold,
             "timing": {"predicted": done, "reused": len(keys) - len(todo),
                        "seconds": round(seconds, 2), "images_per_second": rate and round(rate, 2)}}
 
@@ -893,7 +913,7 @@ def write_report(results: dict, rough_md: list[str], analysis_md: list[str], out
 
 
 # ----------------------------------------------------------------------------- one evaluation
-def evaluate(args: argparse.Namespace, model: Path | None, size: tuple[int, int] | None,
+def evaluate(args: argparse.Namespace, model: Path | str | None, size: tuple[int, int] | None,
              out: Path) -> dict:
     """Predict (or take existing predictions), score them, write results.json and report.md."""
     previous = {}
@@ -934,8 +954,8 @@ def evaluate(args: argparse.Namespace, model: Path | None, size: tuple[int, int]
         results["rough"] = {name: rough_metrics(preds, gt, keys, name) for name in rough_names}
     results["settings"] = {
         "input_size": run["input_size"],
-        "score_threshold": args.score_threshold if model else settings.get("score_threshold"),
-        "nms_threshold": args.nms_threshold if model else settings.get("nms_threshold"),
+        "score_threshold": run.get("score_threshold", settings.get("score_threshold")),
+        "nms_threshold": run.get("nms_threshold", settings.get("nms_threshold")),
         "iou_threshold": OFFICIAL_IOU, "thresholds": THRESHOLDS,
         "rough": {"iou": ROUGH_IOU, "min_heights": list(ROUGH_MIN_HEIGHTS),
                   "deploy_threshold": DEPLOY_THRESHOLD, "fppi": list(FPPI_POINTS)},
@@ -1018,6 +1038,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "protocols, error analysis, metrics grid).")
     parser.add_argument("--model", type=Path, action="append", default=[],
                         help=".onnx or .tflite detector (repeat with --grid)")
+    parser.add_argument("--detector", default=None, metavar="NAME",
+                        help="evaluate another face detector from peers.py instead of --model "
+                             "(blazeface_short, blazeface_full, yunet, haar, seed_tflite, "
+                             "thirdparty_tflite, insightface), at its authors' input size and "
+                             "its own low evaluation threshold")
     parser.add_argument("--size", type=parse_hw, action="append", default=[],
                         help="input H,W, multiples of 32 (default 640,640; .tflite exports run at "
                              "their own size; repeat with --grid)")
@@ -1064,6 +1089,12 @@ def main() -> None:
         if not args.model:
             raise UserError("--grid needs at least one --model")
         run_grid(args, args.out or DEFAULT_OUT / "grid")
+        return
+    if args.detector:
+        if args.model or args.predictions or args.grid:
+            raise UserError("give either --detector or --model / --predictions / --grid")
+        out = args.out or DEFAULT_OUT / args.detector
+        evaluate(args, args.detector, None, out)
         return
     if len(args.model) > 1 or len(args.size) > 1:
         raise UserError("several --model or --size values need --grid")

@@ -576,3 +576,20 @@ def test_tflite_export_scores_like_onnx(request, small_run, wider_dir, det500m_o
         assert lite[subset] == pytest.approx(onnx_[subset], abs=0.01)
     assert ew.conv_flops(tflite, (h, w)) == pytest.approx(ew.conv_flops(det500m_onnx, (h, w)),
                                                           rel=0.01)
+
+
+def test_peer_detector_is_evaluated_the_same_way(wider_dir, tmp_path):
+    """--detector NAME runs a peers.py detector through the same prediction files and AP."""
+    pytest.importorskip("cv2").FaceDetectorYN  # yunet ships with OpenCV
+    images = tmp_path / "images.txt"
+    images.write_text("".join((wider_dir / "dev_images.txt").read_text().splitlines(True)[:5]))
+    out = tmp_path / "yunet"
+    proc = run_script("evaluate_widerface.py", "--detector", "yunet", "--wider", wider_dir,
+                      "--images-list", images, "--out", out, check=False)
+    if proc.returncode == 2 and "yunet" in proc.stderr:
+        pytest.skip(proc.stderr.strip())
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["images"] == 5 and results["model"]["name"] == "yunet"
+    assert 0.0 < results["hard"] <= results["easy"] <= 1.0
+    assert len(list((out / "predictions").glob("*/*.txt"))) == 5

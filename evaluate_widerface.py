@@ -799,51 +799,10 @@ def plot_miss_rates(rows: list[dict], path: Path) -> None:
 
 # ----------------------------------------------------------------------------- FLOPs
 def conv_flops(model_path: Path, input_hw: tuple[int, int]) -> int:
-    """2 x multiply-adds of every convolution at this input size (other layers are negligible).
+    """FLOPs (2 x multiply-adds) at this input size, from speed_test.py's graph analyzer."""
+    import speed_test
 
-    ONNX: each Conv's output shape comes from one run of the graph with those outputs exposed
-    (shape inference alone cannot see through SCRFD's dynamic Resize). TFLite: CONV_2D and
-    DEPTHWISE_CONV_2D, read from the flatbuffer's tensor shapes.
-    """
-    if model_path.suffix.lower() == ".tflite":
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-        interpreter = Interpreter(model_path=str(model_path), experimental_op_resolver_type=
-                                  OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-        shape = interpreter.get_input_details()[0]["shape"]
-        if min(interpreter.get_input_details()[0]["shape_signature"]) <= 0:
-            nchw = shape[1] == 3
-            interpreter.resize_tensor_input(0, [1, 3, *input_hw] if nchw else [1, *input_hw, 3])
-        interpreter.allocate_tensors()
-        tensors = {t["index"]: t["shape"] for t in interpreter.get_tensor_details()}
-        macs = 0
-        for op in interpreter._get_ops_details():
-            if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D"):
-                kernel = tensors[op["inputs"][1]]  # (O, kh, kw, I) or (1, kh, kw, C)
-                per_output = np.prod(kernel[1:]) if op["op_name"] == "CONV_2D" else np.prod(kernel[1:3])
-                macs += int(np.prod(tensors[op["outputs"][0]])) * int(per_output)
-        return 2 * macs
-    import onnx
-    import onnxruntime as ort
-
-    model = onnx.load(str(model_path))
-    weights = {init.name: list(init.dims) for init in model.graph.initializer}
-    weights.update({node.output[0]: list(node.attribute[0].t.dims) for node in model.graph.node
-                    if node.op_type == "Constant" and node.attribute and node.attribute[0].t.dims})
-    convs = [node for node in model.graph.node if node.op_type == "Conv"]
-    exposed = {output.name for output in model.graph.output}
-    for node in convs:
-        if node.output[0] not in exposed:
-            model.graph.output.append(onnx.ValueInfoProto(name=node.output[0]))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
-    feed = session.get_inputs()[0]
-    shapes = session.run([node.output[0] for node in convs],
-                         {feed.name: np.zeros((1, 3, *input_hw), np.float32)})
-    return 2 * sum(int(np.prod(out.shape)) * int(np.prod(weights[node.input[1]][1:]))
-                   for node, out in zip(convs, shapes))
+    return speed_test.analyze(speed_test.load_graph(model_path, input_hw))["flops"]
 
 
 # ----------------------------------------------------------------------------- reporting

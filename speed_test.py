@@ -491,6 +491,104 @@ def xnnpack_coverage(path: Path, hw: tuple[int, int] | None) -> dict:
             "per_type": per_type, "fallback": dict(fallback)}
 
 
+def op_kind(name: str, weight_shape: tuple) -> str:
+    """Op name, with convolutions told apart by kernel (a 3-channel 3x3 conv is the stem)."""
+    if name != "CONV_2D" or len(weight_shape) != 4:
+        return name
+    kernel = "x".join(map(str, weight_shape[1:3]))
+    return f"CONV_2D {kernel}" + (" stem" if weight_shape[3] <= 4 and kernel != "1x1" else "")
+
+
+def single_op_models(path: Path) -> list[tuple[str, bytes]]:
+    """Every op of a .tflite as a model of its own, constants kept: (kind, model bytes).
+
+    Timing each alone shows where an export spends its time, op kind by op kind, without a
+    profiler build of LiteRT. Unused weight buffers are dropped, so each model stays small.
+    """
+    try:
+        from ai_edge_litert.tools import flatbuffer_utils
+        model = flatbuffer_utils.read_model(str(path))
+    except ImportError:
+        raise AnalysisError(f"profiling TFLite needs LiteRT ({INSTALL_HINT['litert']})") from None
+    except Exception as err:
+        raise AnalysisError(f"cannot read {path} as TFLite ({str(err).splitlines()[0][:100]})") from None
+    graph = model.subgraphs[0]
+    operators, data = graph.operators, [b.data for b in model.buffers]
+    out = []
+    try:
+        for op in operators:
+            tensors = [int(t) for t in op.inputs if t >= 0]
+            constant = {t for t in tensors if data[graph.tensors[t].buffer] is not None
+                        and len(data[graph.tensors[t].buffer])}
+            used = {graph.tensors[t].buffer for t in constant}
+            for index, buffer in enumerate(model.buffers):
+                buffer.data = data[index] if index in used else None
+            graph.operators = [op]
+            graph.inputs = np.array([t for t in tensors if t not in constant], np.int32)
+            graph.outputs = np.array([int(t) for t in op.outputs], np.int32)
+            weights = tuple(graph.tensors[tensors[1]].shape) if len(tensors) > 1 else ()
+            out.append((op_kind(flatbuffer_utils.opcode_to_name(model, op.opcodeIndex), weights),
+                        bytes(flatbuffer_utils.convert_object_to_bytearray(model))))
+    finally:
+        graph.operators = operators
+        for buffer, original in zip(model.buffers, data):
+            buffer.data = original
+    return out
+
+
+def profile_ops(paths: list[Path], threads: int, repeat: int, iters: int) -> list[str]:
+    """--profile-ops: median ms of every op run alone (XNNPACK as in a normal run), summed by
+    op kind, the models interleaved round by round; a markdown table."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    models = {}
+    for path in paths:
+        interpreters = []
+        for kind, content in single_op_models(path):
+            interpreter = Interpreter(model_content=content, num_threads=threads)
+            interpreter.allocate_tensors()
+            for detail in interpreter.get_input_details():
+                interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
+            for _ in range(WARMUP):
+                interpreter.invoke()
+            interpreters.append((kind, interpreter))
+        models[path] = interpreters
+    samples = {path: [[] for _ in ops] for path, ops in models.items()}
+    for round_index in range(repeat):
+        for path in (paths if round_index % 2 == 0 else paths[::-1]):
+            for index, (_, interpreter) in enumerate(models[path]):
+                for _ in range(iters):
+                    start = time.perf_counter()
+                    interpreter.invoke()
+                    samples[path][index].append(time.perf_counter() - start)
+    totals: dict[str, dict[Path, list[float]]] = {}
+    for path, ops in models.items():
+        for (kind, _), times in zip(ops, samples[path]):
+            entry = totals.setdefault(kind, {}).setdefault(path, [0, 0.0])
+            entry[0] += 1
+            entry[1] += float(np.median(times)) * 1e3
+    names = [p.stem for p in paths]
+    ratio = len(paths) == 2
+    lines = ["| Op | " + " | ".join(f"{n} (count, ms)" for n in names) + (" | ratio |" if ratio else " |"),
+             "| --- |" + " ---: |" * (len(paths) + ratio)]
+    order = sorted(totals, key=lambda k: -max(v[1] for v in totals[k].values()))
+    for kind in order + ["all ops, one by one"]:
+        cells = []
+        for path in paths:
+            count, ms = (totals[kind].get(path, [0, 0.0]) if kind in totals else
+                         [sum(totals[k].get(path, [0, 0])[0] for k in totals),
+                          sum(totals[k].get(path, [0, 0.0])[1] for k in totals)])
+            cells.append((count, ms))
+        row = " | ".join(f"{c} x, {ms:.2f}" for c, ms in cells)
+        if ratio:
+            row += f" | {cells[1][1] / cells[0][1]:.2f}" if cells[0][1] > 0 and cells[1][0] else " | -"
+        lines.append(f"| {kind} | {row} |")
+    lines += ["", f"Each op alone in its own model (LiteRT {version_of('ai-edge-litert')}, XNNPACK, "
+              f"{threads} thread(s)), median of {repeat} rounds x {iters} calls, models interleaved; "
+              "the sum is more than a whole-model run (no fusion across ops, a call overhead per op)."]
+    return lines
+
+
 # ----------------------------------------------------------------------------- measured memory
 CHILD_CODE = r"""
 import json, os, sys, time
@@ -1262,6 +1360,10 @@ def parse_args() -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--analyze", nargs="+", metavar="MODEL", default=None,
                         help="only analyse these models (params, FLOPs, ops, memory, XNNPACK) and exit")
+    parser.add_argument("--profile-ops", nargs="+", metavar="MODEL", default=None,
+                        help="only time every op of these .tflite files run alone, summed by op "
+                             "kind (with two models, their ratio: e.g. int8 against float32), "
+                             "at the first --threads value, and exit")
     parser.add_argument("--models", nargs="+", default=None, metavar="MODEL",
                         help="models to time, files or globs (default: det_500m at 640x640 from "
                              "--models-dir: ONNX, TFLite float32 and int8)")
@@ -1508,6 +1610,21 @@ def main() -> int:
     image = args.image or next((p for p in IMAGE_CANDIDATES if p.exists()), None)
     if args.analyze:
         return run_analysis([Path(p) for p in args.analyze], args.hw, image)
+    if args.profile_ops:
+        paths = [Path(p) for p in args.profile_ops]
+        for path in paths:
+            if not path.is_file() or path.suffix.lower() != ".tflite":
+                raise UserError(f"--profile-ops takes .tflite files: {path} is not one")
+        try:
+            lines = profile_ops(paths, args.threads[0], args.repeat, args.iters)
+        except AnalysisError as err:
+            raise UserError(str(err)) from None
+        print("\n".join(lines))
+        if args.markdown:
+            with atomic_write(args.markdown) as handle:
+                handle.write("\n".join(lines) + "\n")
+            print(f"wrote {args.markdown}")
+        return 0
 
     env = environment()
     if args.detector:

@@ -182,3 +182,22 @@ def test_pareto_front_marks_undominated_detectors():
     assert front == {"fast": True, "slow_bad": False, "mid": True, "slow_good": True,
                      "tie_slower": False, "no_eval": None}
     assert rows[1]["beaten_by"] in ("fast", "mid") and rows[4]["beaten_by"] == "mid"
+
+
+def test_profile_ops_times_every_op_by_kind(tflite_float32, tflite_int8, fixed_onnx, tmp_path):
+    """--profile-ops: each op alone, summed by kind; both exports have the same convolutions,
+    the int8 one adds the 9 DEQUANTIZE ops in front of its float outputs."""
+    out = tmp_path / "ops.md"
+    proc = run_script("speed_test.py", "--profile-ops", tflite_float32, tflite_int8, "--threads", "1",
+                      "--repeat", "1", "--iters", "2", "--markdown", out)
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[1:] for line in out.read_text().splitlines()
+            if line.startswith("| ") and not line.startswith("| Op") and not line.startswith("| ---")}
+    assert rows["CONV_2D 1x1"][:2] == ["23 x, " + rows["CONV_2D 1x1"][0].split(", ")[1],
+                                       "23 x, " + rows["CONV_2D 1x1"][1].split(", ")[1]]
+    assert rows["DEPTHWISE_CONV_2D"][0].startswith("20 x") and rows["DEPTHWISE_CONV_2D"][1].startswith("20 x")
+    assert rows["DEQUANTIZE"][0].startswith("0 x") and rows["DEQUANTIZE"][1].startswith("9 x")
+    total = rows["all ops, one by one"]
+    assert total[0].startswith("85 x") and total[1].startswith("94 x") and float(total[2].strip(" |")) > 0
+    assert f"wrote {out}" in proc.stdout
+    bad = run_script("speed_test.py", "--profile-ops", fixed_onnx, check=False)
+    assert bad.returncode == 2 and "takes .tflite files" in bad.stderr

@@ -446,7 +446,20 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5, help="timed runs per image (median)")
     parser.add_argument("--peers-dir", help=f"peer models folder (default ${PEERS_DIR_ENV} or "
                                             f"{DEFAULT_PEERS_DIR})")
+    parser.add_argument("--settings", action="store_true",
+                        help="print every peer's input size and thresholds as a markdown table "
+                             "(the README's) and exit")
     args = parser.parse_args()
+    if args.settings:
+        print("| Detector | What | Input | Score | NMS IoU | Evaluation score / NMS | Source |")
+        print("| --- | --- | --- | ---: | ---: | --- | --- |")
+        for name, spec in PEERS.items():
+            size = "x".join(map(str, spec.input_hw)) if spec.input_hw else "image size"
+            nms_text = lambda v: "own grouping" if v is None else f"{v:g}"  # noqa: E731
+            print(f"| {name} | {spec.description} | {size} | {spec.score_threshold:g} | "
+                  f"{nms_text(spec.nms_threshold)} | {spec.eval_score_threshold:g} / "
+                  f"{nms_text(spec.eval_nms_threshold)} | {spec.source} |")
+        return 0
     images = [(p.name, read_image(p)) for p in find_images(args.images)] if args.images else []
     for name, reason in available_peers(args.peers_dir):
         spec = PEERS[name]

@@ -315,3 +315,12 @@ def test_speed_test_compares_detectors(tflite_float32, peers_folder, status, sam
     assert (out / "compare.png").stat().st_size > 1000
     bad = run_script("speed_test.py", "--detector", "nope", check=False)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: unknown detector 'nope'")
+
+
+def test_settings_table_lists_every_peer():
+    from conftest import run_script
+
+    out = run_script("peers.py", "--settings").stdout.splitlines()
+    rows = [line.split(" | ") for line in out[2:]]
+    assert [r[0].strip("| ") for r in rows] == list(peers.PEERS)
+    assert all(len(r) == 7 for r in rows) and rows[0][2] == "128x128"

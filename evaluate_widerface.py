@@ -953,6 +953,29 @@ def evaluate(args: argparse.Namespace, model: Path | str | None, size: tuple[int
 
 
 # ----------------------------------------------------------------------------- grid
+def family_key(model: Path) -> str:
+    """det_500m for det_500m.onnx, det_500m_640x640.onnx and every scrfd500m_* export of it."""
+    import speed_test
+
+    return speed_test.family_of(model)
+
+
+def add_float32_drop(rows: list[dict]) -> None:
+    """'vs float32' (E / M / H AP points) on every row that has a float32 row of the same
+    model and input size beside it in the grid."""
+    float32 = {(r["_family"], r["Input shape"]): r for r in rows if r["Precision"] == "float32"}
+    if not any(r["Precision"] != "float32" and (r["_family"], r["Input shape"]) in float32
+               for r in rows):
+        return
+    for row in rows:
+        base = float32.get((row["_family"], row["Input shape"]))
+        if base is None or base is row or "n/a" in (row["Hard"], base["Hard"]):
+            row["vs float32"] = "-"
+        else:
+            row["vs float32"] = " / ".join(f"{float(row[k]) - float(base[k]):+.2f}"
+                                           for k in ("Easy", "Medium", "Hard"))
+
+
 def run_grid(args: argparse.Namespace, out: Path) -> None:
     """Every --model at every --size (fixed-size exports at their own size): one table."""
     rows = []
@@ -967,18 +990,25 @@ def run_grid(args: argparse.Namespace, out: Path) -> None:
             rows.append({"Model": model.stem, "Input shape": f"{size[0]}x{size[1]}",
                          "Precision": results["model"]["precision"],
                          "FLOPs": f"{conv_flops(model, size) / 1e9:.2f} G",
+                         "Size MB": f"{model.stat().st_size / 1e6:.2f}",
                          **{s.capitalize(): _pct(results[s]) for s in SUBSETS},
-                         "Images": results["images"]})
+                         "Images": results["images"], "_family": family_key(model)})
+    add_float32_drop(rows)
     images = sorted({row["Images"] for row in rows})
-    head = [k for k in rows[0] if k != "Images"]
-    md = ["| " + " | ".join(head) + " |", "|" + " --- |" * 2 + " --- | ---: |" + " ---: |" * 3]
+    head = [k for k in rows[0] if k != "Images" and not k.startswith("_")]
+    md = ["| " + " | ".join(head) + " |",
+          "|" + " --- |" * 3 + " ---: |" * (len(head) - 3)]
     md += ["| " + " | ".join(str(row[k]) for k in head) + " |" for row in rows]
+    for row in rows:
+        del row["_family"]
     source = str(args.images_list) if args.images_list else str((args.wider or DEFAULT_WIDER)
                                                                / IMAGES_DIR)
     md += ["", f"WIDER FACE val, {' / '.join(f'{n:,}' for n in images)} of 3,226 images "
            f"({source}); official protocol (IoU 0.5, VOC AP in %), ground truth restricted to "
            f"the images evaluated; inference: letterbox, score >= {args.score_threshold:g}, NMS "
-           f"{args.nms_threshold:g}. FLOPs: 2 x multiply-adds of the convolutions."]
+           f"{args.nms_threshold:g}. FLOPs: 2 x multiply-adds of the convolutions."
+           + (" vs float32: AP change against the float32 row of the same model and input size "
+              "(Easy / Medium / Hard, points)." if "vs float32" in head else "")]
     with atomic_write(out / "metrics.md") as handle:
         handle.write("\n".join(md) + "\n")
     with atomic_write(out / "metrics.csv") as handle:

@@ -548,7 +548,7 @@ def test_grid_writes_markdown_and_csv(small_run, wider_dir, det500m_onnx, tmp_pa
                       "--size", "96,128", "--wider", wider_dir,
                       "--images-list", listing, "--out", out)
     table = (out / "metrics.md").read_text()
-    assert "| Model | Input shape | Precision | FLOPs | Easy | Medium | Hard |" in table
+    assert "| Model | Input shape | Precision | FLOPs | Size MB | Easy | Medium | Hard |" in table
     assert "| det_500m | 128x160 | float32 |" in table and "| det_500m | 96x128 | float32 |" in table
     assert "5 of 3,226 images" in table
     rows = list(csv.DictReader((out / "metrics.csv").open()))
@@ -593,3 +593,18 @@ def test_peer_detector_is_evaluated_the_same_way(wider_dir, tmp_path):
     assert results["images"] == 5 and results["model"]["name"] == "yunet"
     assert 0.0 < results["hard"] <= results["easy"] <= 1.0
     assert len(list((out / "predictions").glob("*/*.txt"))) == 5
+
+
+def test_grid_reports_the_change_against_float32():
+    rows = [{"_family": "det_500m", "Input shape": "640x640", "Precision": p, "Easy": e,
+             "Medium": m, "Hard": h} for p, e, m, h in (("float32", "91.23", "88.09", "68.94"),
+                                                         ("int8", "91.10", "87.93", "68.61"),
+                                                         ("float16", "n/a", "n/a", "n/a"))]
+    rows.append({"_family": "det_2.5g", "Input shape": "640x640", "Precision": "int8",
+                 "Easy": "93.71", "Medium": "91.44", "Hard": "76.10"})
+    ew.add_float32_drop(rows)
+    assert [r["vs float32"] for r in rows] == ["-", "-0.13 / -0.16 / -0.33", "-", "-"]
+    alone = [dict(rows[3])]
+    del alone[0]["vs float32"]
+    ew.add_float32_drop(alone)  # nothing to compare with: no column at all
+    assert "vs float32" not in alone[0]

@@ -13,7 +13,7 @@ RUN := $(BIN)/python
 comma := ,
 HW_NAME := $(subst $(comma),x,$(HW))
 
-.PHONY: demo setup test data docs clean
+.PHONY: demo setup test data docs exports compare clean
 .DEFAULT_GOAL := demo
 
 demo: setup models/scrfd500m_$(HW_NAME)_float32.tflite data/friends.jpg
@@ -53,6 +53,31 @@ data: data/friends.jpg
 docs: demo
 	$(RUN) scrfd.py --image data/friends.jpg --model models/scrfd500m_$(HW_NAME)_float32.tflite \
 	  --out docs --format png --json results/docs_faces.jsonl
+
+# Every SCRFD configuration of the README's tables: det_500m and det_2.5g x 4 sizes x
+# float32 / float16 / int8 (int8 calibrated on WIDER FACE val). Existing files are kept.
+FAMILIES ?= 500m 2.5g
+SIZES ?= 640,640 480,640 256,320 128,160
+exports: setup data
+	@set -e; for f in $(FAMILIES); do \
+	  [ -f models/det_$$f.onnx ] || cp "$(MODELS_SRC)/det_$$f.onnx" models/ 2>/dev/null || \
+	    $(RUN) export_modified_onnx.py --download $$( [ $$f = 500m ] && echo buffalo_sc || echo buffalo_m ); \
+	  for hw in $(SIZES); do n=$$(echo $$hw | tr , x); \
+	    [ -f models/det_$${f}_$$n.onnx ] || $(RUN) export_modified_onnx.py --model models/det_$$f.onnx --hw $$hw; \
+	    [ -f models/scrfd$${f}_$${n}_float32.tflite ] || $(RUN) export_tflite.py --onnx models/det_$${f}_$$n.onnx; \
+	    [ -f models/scrfd$${f}_$${n}_float16.tflite ] || $(RUN) export_tflite.py --onnx models/det_$${f}_$$n.onnx --fp16; \
+	    [ -f models/scrfd$${f}_$${n}_int8.tflite ] || $(RUN) export_tflite.py --onnx models/det_$${f}_$$n.onnx --int8; \
+	  done; done
+
+# "How does it compare?": every peer and every SCRFD configuration on WIDER FACE val (official
+# and rough protocols; runs resume where they stopped), then timed side by side.
+PEERS ?= blazeface_short blazeface_full yunet haar seed_tflite thirdparty_tflite insightface
+compare: exports
+	@for p in $(PEERS); do $(RUN) evaluate_widerface.py --detector $$p --wider data --protocol rough \
+	  --out results/compare/$$p --threads 1 || echo "skipped $$p"; done
+	$(RUN) evaluate_widerface.py --grid --protocol rough --wider data --out results/compare/scrfd \
+	  $(foreach f,$(FAMILIES),$(foreach hw,$(subst $(comma),x,$(SIZES)),$(foreach p,float32 float16 int8,--model models/scrfd$(f)_$(hw)_$(p).tflite)))
+	$(RUN) speed_test.py --detector $(PEERS) --threads 1 --eval-results 'results/compare/**/results.json'
 
 test: setup
 	SCRFD_SHARED=$(SHARED) $(RUN) -m pytest tests -q

@@ -1307,25 +1307,38 @@ def plot_comparison(rows: list[dict], out: Path) -> Path:
 
 # ----------------------------------------------------------------------------- plot
 def eval_points(pattern: str, rows: list[dict]) -> list[dict]:
-    """Hard AP from evaluate_widerface.py results.json files, matched to timed rows."""
+    """Hard AP from evaluate_widerface.py results.json files, matched to timed rows: by the
+    model file's sha256, or for an ONNX model evaluated at some size, by model, size and
+    precision. One point per timed row (one thread, or a GPU)."""
+    from detector import sha256_of
+
     path = Path(pattern)
     files = sorted(path.rglob("results.json")) if path.is_dir() else \
         sorted(Path(p) for p in glob.glob(pattern, recursive=True))
-    points = []
+    timed = [r for r in rows if "median_ms" in r and (r["threads"] == 1 or r["device"] == "GPU")]
+    digests = {r["model"]: sha256_of(r["model"]) for r in timed if Path(r["model"]).is_file()}
+    points, seen = [], set()
     for file in files:
         try:
             result = json.loads(file.read_text())
             model = Path(result["model"]["path"])
-            size = "x".join(map(str, result["settings"]["input_size"]))
+            input_size = result["settings"]["input_size"]
             hard = float(result["hard"])
         except (OSError, ValueError, KeyError, TypeError):
             print(f"note: {file} has no model path, input size or Hard AP; skipped", file=sys.stderr)
             continue
+        if input_size is None:  # a peer detector at image size: not one of these models
+            continue
+        size = "x".join(map(str, input_size))
         precision = result["model"].get("precision") or precision_of(model)
-        key = (family_of(model), size, precision, model.suffix.lower())
-        for row in rows:  # one thread (or a GPU): the plot compares models, not thread counts
-            if "median_ms" in row and (row["threads"] == 1 or row["device"] == "GPU") and (
-                    row["family"], row["input"], row["precision"], Path(row["model"]).suffix.lower()) == key:
+        key = (family_of(model), size, precision)
+        for row in timed:
+            same_file = result["model"].get("sha256") == digests.get(row["model"])
+            same_onnx = (model.suffix.lower() == Path(row["model"]).suffix.lower() == ".onnx"
+                         and (row["family"], row["input"], row["precision"]) == key)
+            marker = (row["model"], row["backend"], row["threads"])
+            if (same_file or same_onnx) and marker not in seen:
+                seen.add(marker)
                 points.append({**row, "hard_ap": hard, "eval": str(file)})
     return points
 

@@ -142,12 +142,15 @@ def test_gpu_backend_absent_is_reported_not_faked(tflite_float32, fixed_onnx, tm
 
 
 def test_speed_accuracy_plot_from_results_json(tflite_float32, tmp_path):
-    evaluation = tmp_path / "eval" / "m"
-    evaluation.mkdir(parents=True)
-    (evaluation / "results.json").write_text(json.dumps({
-        "easy": 0.8, "medium": 0.7, "hard": 0.4, "images": 10, "protocol": "official",
-        "model": {"path": str(tflite_float32), "precision": "float32"},
-        "settings": {"input_size": list(TEST_HW)}}))
+    from detector import sha256_of
+
+    for name, digest in (("m", sha256_of(tflite_float32)), ("other_export", "0" * 64)):
+        evaluation = tmp_path / "eval" / name  # same model, size and precision; only m is this file
+        evaluation.mkdir(parents=True)
+        (evaluation / "results.json").write_text(json.dumps({
+            "easy": 0.8, "medium": 0.7, "hard": 0.4, "images": 10, "protocol": "official",
+            "model": {"path": str(tflite_float32), "precision": "float32", "sha256": digest},
+            "settings": {"input_size": list(TEST_HW)}}))
     (tmp_path / "eval" / "junk").mkdir()
     (tmp_path / "eval" / "junk" / "results.json").write_text("{}")
     plot = tmp_path / "plot.png"

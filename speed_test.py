@@ -84,6 +84,7 @@ COMPARE_EVAL = "results/**/results.json"  # evaluate_widerface.py runs to take t
 COMPARE_PHOTOS = 8  # WIDER val photos (spread over the folder) the detectors are timed on
 COMPARE_RSS_RUNS = 3  # detect() calls in the fresh process whose peak RSS we measure
 ROUGH_KEY = ("rough-iou", "32px")  # the rough-protocol AP the comparison table shows
+ZOOM = ((50.0, 135.0), (66.5, 78.0))  # chart's right panel: latency ms, Hard AP (the 640-class corner)
 MB = 1e6
 ORIGINAL_FLOPS = {("det_500m", (480, 640)): 1.113e9, ("det_500m", (256, 320)): 296.758e6,
                   ("det_500m", (128, 160)): 74.189e6}  # the original project's README
@@ -1277,33 +1278,53 @@ def comparison_table(rows: list[dict], env: dict, photos: list[Path], threads: i
 
 
 def plot_comparison(rows: list[dict], out: Path) -> Path:
+    """Hard AP against latency, whole range on the left, the crowded 640-pixel-class corner
+    (ZOOM) on the right; SCRFD exports by precision (marker) and model (colour), other
+    detectors as red squares, the Pareto front as a step line."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for row in rows:
-        scrfd = row["kind"] == "scrfd"
-        ax.scatter(row["median_ms"], row["hard"], marker="o" if scrfd else "s",
-                   color="tab:blue" if scrfd else "tab:orange", zorder=3)
-        ax.annotate(row["detector"].replace("_float32", " f32").replace("_float16", " f16")
-                    .replace("_int8", " int8"), (row["median_ms"], row["hard"]), fontsize=6,
-                    xytext=(3, 2), textcoords="offset points")
+    markers = {"float32": "o", "float16": "^", "int8": "D"}
+    families = sorted({r["detector"].split("_")[0] for r in rows if r["kind"] == "scrfd"})
+    colours = {family: f"C{i}" for i, family in enumerate(families)}
     front = sorted((r for r in rows if r.get("pareto")), key=lambda r: r["median_ms"])
-    ax.step([r["median_ms"] for r in front], [r["hard"] for r in front], where="post",
-            color="tab:green", label="Pareto front", zorder=2)
-    ax.set_xscale("log")
-    ax.set_xlabel("detect() latency, median ms, 1 thread (log scale)")
-    ax.set_ylabel("WIDER FACE val Hard AP, %")
-    ax.set_title("Face detectors on this CPU (o SCRFD configurations, s other detectors)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(loc="lower right")
+    (x0, x1), (y0, y1) = ZOOM
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), gridspec_kw={"width_ratios": [1, 1.15]})
+    for ax, zoomed in zip(axes, (False, True)):
+        shown_rows = [r for r in rows if not zoomed or (x0 <= r["median_ms"] <= x1 and y0 <= r["hard"] <= y1)]
+        for index, row in enumerate(sorted(shown_rows, key=lambda r: (r["hard"], r["median_ms"]))):
+            scrfd = row["kind"] == "scrfd"
+            ax.scatter(row["median_ms"], row["hard"], zorder=3, s=34,
+                       marker=markers.get(row["precision"], "o") if scrfd else "s",
+                       color=colours[row["detector"].split("_")[0]] if scrfd else "tab:red")
+            inside = x0 <= row["median_ms"] <= x1 and y0 <= row["hard"] <= y1
+            if zoomed or not scrfd and not inside or row.get("pareto") and not inside:
+                label = (row["detector"].replace("scrfd", "").replace("_float", " f")
+                         .replace("_int8", " int8").replace("_", " ") if scrfd else row["detector"])
+                ax.annotate(label, (row["median_ms"], row["hard"]), fontsize=7,
+                            xytext=(5, -3 if index % 2 else 3), textcoords="offset points")
+        ax.step([r["median_ms"] for r in front], [r["hard"] for r in front], where="post",
+                color="tab:green", alpha=0.6, zorder=2, label="Pareto front")
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3, which="both")
+        ax.set_xlabel("detect() latency, median ms, 1 thread (log scale)")
+    axes[0].set_ylabel("WIDER FACE val Hard AP, %")
+    axes[0].add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ls="--", color="grey"))
+    axes[1].set_xlim(x0, x1)
+    axes[1].set_ylim(y0, y1)
+    axes[0].set_title("all detectors")
+    axes[1].set_title("zoom: the dashed box")
+    for family, colour in colours.items():
+        axes[0].scatter([], [], color=colour, marker="o", label=f"{family}: o float32, ^ float16, D int8")
+    axes[0].scatter([], [], color="tab:red", marker="s", label="other detectors")
+    axes[0].legend(loc="lower right", fontsize=8)
+    fig.suptitle("Face detectors on this CPU: speed against WIDER FACE Hard AP")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
-
 
 # ----------------------------------------------------------------------------- plot
 def eval_points(pattern: str, rows: list[dict]) -> list[dict]:

@@ -1086,7 +1086,6 @@ class Entry:
     target: str  # peer name or model path
     detector: object = None
     seconds: list[float] = field(default_factory=list)
-    row: dict = field(default_factory=dict)
 
     @property
     def label(self) -> str:

@@ -573,13 +573,10 @@ def profile_ops(paths: list[Path], threads: int, repeat: int, iters: int) -> lis
     lines = ["| Op | " + " | ".join(f"{n} (count, ms)" for n in names) + (" | ratio |" if ratio else " |"),
              "| --- |" + " ---: |" * (len(paths) + ratio)]
     order = sorted(totals, key=lambda k: -max(v[1] for v in totals[k].values()))
+    totals["all ops, one by one"] = {path: [sum(totals[k].get(path, [0, 0.0])[i] for k in order)
+                                            for i in (0, 1)] for path in paths}
     for kind in order + ["all ops, one by one"]:
-        cells = []
-        for path in paths:
-            count, ms = (totals[kind].get(path, [0, 0.0]) if kind in totals else
-                         [sum(totals[k].get(path, [0, 0])[0] for k in totals),
-                          sum(totals[k].get(path, [0, 0.0])[1] for k in totals)])
-            cells.append((count, ms))
+        cells = [tuple(totals[kind].get(path, [0, 0.0])) for path in paths]
         row = " | ".join(f"{c} x, {ms:.2f}" for c, ms in cells)
         if ratio:
             row += f" | {cells[1][1] / cells[0][1]:.2f}" if cells[0][1] > 0 and cells[1][0] else " | -"
@@ -1129,13 +1126,8 @@ def entry_files(entry: Entry) -> list[Path]:
 def eval_index(pattern: str) -> dict[str, dict]:
     """evaluate_widerface.py results by what they evaluated: model sha256 and detector name."""
     index: dict[str, dict] = {}
-    for file in sorted(Path(p) for p in glob.glob(pattern, recursive=True)):
-        try:
-            result = json.loads(file.read_text())
-            model = result["model"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        result["file"] = str(file)
+    for result in read_eval_results(pattern):
+        model = result.get("model") or {}
         for key in (model.get("sha256"), model.get("name")):
             old = index.get(key)  # prefer a run that also scored the rough protocols
             if key and (old is None or (not old.get("rough") and result.get("rough"))):
@@ -1326,25 +1318,40 @@ def plot_comparison(rows: list[dict], out: Path) -> Path:
     return out
 
 # ----------------------------------------------------------------------------- plot
+def read_eval_results(pattern: str) -> list[dict]:
+    """Every readable evaluate_widerface.py results.json under a folder or matching a glob,
+    each with its path under "file"."""
+    path = Path(pattern)
+    files = sorted(path.rglob("results.json")) if path.is_dir() else \
+        sorted(Path(p) for p in glob.glob(pattern, recursive=True))
+    results = []
+    for file in files:
+        try:
+            result = json.loads(file.read_text())
+        except (OSError, ValueError):
+            print(f"note: {file} is not readable JSON; skipped", file=sys.stderr)
+            continue
+        if isinstance(result, dict):
+            results.append({**result, "file": str(file)})
+    return results
+
+
 def eval_points(pattern: str, rows: list[dict]) -> list[dict]:
     """Hard AP from evaluate_widerface.py results.json files, matched to timed rows: by the
     model file's sha256, or for an ONNX model evaluated at some size, by model, size and
     precision. One point per timed row (one thread, or a GPU)."""
     from detector import sha256_of
 
-    path = Path(pattern)
-    files = sorted(path.rglob("results.json")) if path.is_dir() else \
-        sorted(Path(p) for p in glob.glob(pattern, recursive=True))
     timed = [r for r in rows if "median_ms" in r and (r["threads"] == 1 or r["device"] == "GPU")]
     digests = {r["model"]: sha256_of(r["model"]) for r in timed if Path(r["model"]).is_file()}
     points, seen = [], set()
-    for file in files:
+    for result in read_eval_results(pattern):
+        file = result["file"]
         try:
-            result = json.loads(file.read_text())
             model = Path(result["model"]["path"])
             input_size = result["settings"]["input_size"]
             hard = float(result["hard"])
-        except (OSError, ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError):
             print(f"note: {file} has no model path, input size or Hard AP; skipped", file=sys.stderr)
             continue
         if input_size is None:  # a peer detector at image size: not one of these models

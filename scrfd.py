@@ -1,60 +1,81 @@
 """Detect faces in photos with an SCRFD model (TFLite through LiteRT, or ONNX through ONNX Runtime).
 
-Writes each photo with its faces drawn (box, score, five landmarks in distinct colours) and
-one JSON line per photo with the boxes, scores and landmarks in original-image pixels.
+Writes each photo with its faces drawn (box, score, five landmarks in distinct colours), or
+with the faces blurred (--blur), one JSON line per photo with the boxes, scores and landmarks
+in original-image pixels, and optionally one aligned 112x112 crop per face (--crops).
 
     python scrfd.py                                   # data/friends.jpg -> results/friends.jpg
     python scrfd.py --image photos/ "more/*.png" --out /tmp/o --json /tmp/o/faces.jsonl
-    python scrfd.py --model models/det_500m.onnx --size 640,640 --image group.jpg
+    python scrfd.py --image photos/ --blur --out /tmp/anonymised
+    python scrfd.py --image photos/ --crops /tmp/crops   # ArcFace-aligned faces for recognition
 
 Unreadable images are skipped with a warning and counted in the summary; the exit code is 0
 as long as at least one image was read (2, with a one-line error, when none could be).
+Outputs are written under temporary names and renamed into place together at the end: an
+interrupted or failed run leaves earlier results untouched.
 """
 from __future__ import annotations
 
-import argparse
+import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
+import numpy as np
+from tqdm import tqdm
 
-from detector import (DEFAULT_MODEL, REPO, SCRFD, UserError, atomic_write,
-                      add_detector_arguments, check_model, cli, display, draw_detections, find_images, jsonl_writer,
-                      read_image)
+from scrfdkit.cli import (DEFAULT_IMAGE, DEFAULT_MODEL, RESULTS_DIR, ArgumentParser, UserError,
+                          add_detector_arguments, check_model, cli, display, positive_int,
+                          score_threshold)
+from scrfdkit.detections import Detections, draw_detections
+from scrfdkit.detector import SCRFD
+from scrfdkit.faces import ARCFACE_SIZE, BLUR_MODES, aligned_crops, anonymize
+from scrfdkit.files import (StagedOutputs, check_output_file, check_output_folder, find_images,
+                            read_image, same_file)
+from scrfdkit.pipeline import WriteBehind, read_ahead
+from scrfdkit.timing import Profile
 
-# Defaults are relative to this project folder, so the script runs from anywhere.
-DEFAULT_IMAGE = REPO / "data" / "friends.jpg"
-DEFAULT_OUT = REPO / "results"
 JSON_NAME = "faces.jsonl"
+PROGRESS_FROM = 4  # a progress bar from this many images on; one line per image below it
+QUEUE_DEPTH = 4  # images read ahead of, and written behind, the model
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None = None):
+    parser = ArgumentParser(__doc__)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL,
                         help=".tflite or .onnx SCRFD model (default: "
                              "models/scrfd500m_480x640_float32.tflite, made by the export scripts)")
     parser.add_argument("--image", nargs="+", default=[DEFAULT_IMAGE], metavar="PATH",
                         help="image files, folders (searched recursively) or glob patterns "
                              "(default: data/friends.jpg)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR,
                         help="folder for the annotated images, named like the inputs "
                              "(default: results/)")
     parser.add_argument("--format", default=None, metavar="EXT",
-                        help="write annotated images in this format, e.g. png (default: the "
-                             "input's own format)")
+                        help="write annotated images in this format, e.g. png or jpg (default: "
+                             "the input's own format, PNG where OpenCV cannot write that)")
     parser.add_argument("--json", type=Path, default=None,
                         help=f"JSON lines file: one line per image with path, size and faces "
                              f"(default: <out>/{JSON_NAME})")
+    parser.add_argument("--blur", nargs="?", const="gaussian", choices=BLUR_MODES, default=None,
+                        help="anonymise: blur each face (box grown by a margin) instead of "
+                             "drawing it; 'pixelate' for blocks (default when given: gaussian)")
+    parser.add_argument("--crops", type=Path, default=None, metavar="DIR",
+                        help="also write every face aligned to the ArcFace template as "
+                             "<DIR>/<image>_face<N>.png (its file name goes in the JSON line)")
+    parser.add_argument("--crop-size", type=positive_int, default=ARCFACE_SIZE, metavar="PX",
+                        help=f"side of the aligned crops in pixels (default {ARCFACE_SIZE})")
+    parser.add_argument("--verbose", action="store_true",
+                        help="one line per image instead of a progress bar")
     add_detector_arguments(parser, per="image")
     return parser.parse_args(argv)
 
 
 def output_paths(images: list[Path], out_dir: Path, suffix: str | None = None) -> list[Path]:
-    """results/<image name>; inputs that share a name keep their sub-folders to stay apart."""
+    """<out>/<image name>; inputs that share a name keep their sub-folders to stay apart."""
     names = [p.name.lower() for p in images]
     if len(set(names)) == len(names):
         outputs = [out_dir / p.name for p in images]
@@ -65,19 +86,46 @@ def output_paths(images: list[Path], out_dir: Path, suffix: str | None = None) -
     if suffix:
         outputs = [p.with_suffix(suffix) for p in outputs]
     for image, output in zip(images, outputs):
-        if output.resolve() == image.resolve():
+        if same_file(output, image):
             raise UserError(f"--out {display(out_dir)} would overwrite the input {display(image)}; "
                             "choose another folder")
     return outputs
 
 
-def write_image(path: Path, image) -> None:
-    """Encode in the input's format (PNG when OpenCV cannot write it), renamed into place whole."""
-    ok, data = cv2.imencode(path.suffix or ".png", image)
+def image_format(text: str | None) -> str | None:
+    """'.png' from 'png' or '.PNG'; UserError when OpenCV cannot write that format."""
+    if text is None:
+        return None
+    suffix = "." + text.lower().lstrip(".")
+    if not cv2.haveImageWriter(f"x{suffix}"):
+        raise UserError(f"--format {text}: OpenCV cannot write this format; try png or jpg")
+    return suffix
+
+
+def encode(path: Path, image: np.ndarray) -> bytes:
+    """The image in the format its name says (PNG bytes where OpenCV cannot write that)."""
+    try:
+        ok, data = cv2.imencode(path.suffix or ".png", image)
+    except cv2.error:
+        ok = False
     if not ok:
         ok, data = cv2.imencode(".png", image)
-    with atomic_write(path, "wb") as handle:
-        handle.write(data.tobytes())
+    return data.tobytes()
+
+
+def json_line(record: dict) -> str:
+    return json.dumps(record) + "\n"
+
+
+@dataclass
+class Loaded:
+    """One input after the read-ahead thread: the image and its model input, or why not."""
+
+    path: Path
+    output: Path
+    image: np.ndarray | None = None
+    prepared: tuple | None = None
+    error: str | None = None
 
 
 def main() -> int:
@@ -86,56 +134,105 @@ def main() -> int:
     if args.image == [DEFAULT_IMAGE] and not DEFAULT_IMAGE.exists():
         raise UserError(f"example photo {display(DEFAULT_IMAGE)} not found; pass --image with "
                         "image files, folders or glob patterns")
-    images = find_images(args.image)
+    check_output_folder(args.out, "--out")
+    if args.crops is not None:
+        check_output_folder(args.crops, "--crops")
+    images = find_images(args.image, exclude=[args.out] + ([args.crops] if args.crops else []))
     if not images:
         raise UserError(f"no images found in {' '.join(map(str, args.image))}")
-    outputs = output_paths(images, args.out, args.format and f".{args.format.lstrip('.')}")
-    json_path = args.json or args.out / JSON_NAME
-    if json_path.is_dir():
-        raise UserError(f"--json {json_path} is a folder; give a file name such as faces.jsonl")
+    outputs = output_paths(images, args.out, image_format(args.format))
+    json_path = check_output_file(args.json or args.out / JSON_NAME, "--json", inputs=images)
 
-    detector = SCRFD(model_path, args.size, score_threshold=args.score,
+    detector = SCRFD(model_path, args.size, score_threshold=score_threshold(args),
                      nms_threshold=args.nms, max_faces=args.max_faces, threads=args.threads)
+    if args.crops and not detector.has_landmarks:
+        raise UserError(f"--crops needs landmarks, and {display(model_path)} has none")
     print(f"model {display(model_path)}: {detector.runner.backend}, input "
-          f"{detector.input_hw[0]}x{detector.input_hw[1]}, {len(images)} image(s)")
+          f"{detector.input_hw[0]}x{detector.input_hw[1]}, score >= {detector.score_threshold:g}"
+          f"; {len(images)} image(s)")
 
-    done = faces = 0
-    failed: list[Path] = []
-    totals = {"read": 0.0, "preprocess": 0.0, "inference": 0.0, "postprocess": 0.0, "write": 0.0}
-    with jsonl_writer(json_path) as write_json:
-        for image_path, out_path in zip(images, outputs):
-            t0 = time.perf_counter()
+    profile = Profile()
+
+    def load(path: Path, output: Path) -> Loaded:
+        with profile("read"):
             try:
-                image = read_image(image_path)
+                image = read_image(path)
             except UserError as err:
-                print(f"warning: {err}; skipped", file=sys.stderr)
-                write_json({"path": str(image_path), "error": str(err)})
-                failed.append(image_path)
-                continue
-            t1 = time.perf_counter()
-            dets = detector.detect(image)
-            t2 = time.perf_counter()
-            write_image(out_path, draw_detections(image, dets))
-            write_json({"path": str(image_path),
-                        "size": {"width": image.shape[1], "height": image.shape[0]},
-                        "faces": dets.to_list()})
-            t3 = time.perf_counter()
-            totals["read"] += t1 - t0
-            totals["write"] += t3 - t2
-            for key, seconds in detector.timings.items():
-                totals[key] += seconds
-            done += 1
-            faces += len(dets)
-            print(f"{display(image_path)}: {len(dets)} face{'s' * (len(dets) != 1)} "
-                  f"({(t2 - t1) * 1000:.0f} ms)")
+                return Loaded(path, output, error=str(err))
+        return Loaded(path, output, image, detector.prepare(image))
 
-    if not done:
-        raise UserError(f"none of the {len(images)} image(s) could be read")
-    per_image = ", ".join(f"{key} {spent / done * 1000:.1f} ms" for key, spent in totals.items())
+    def save(item: Loaded, dets: Detections, staged: StagedOutputs, lines: list[str]) -> None:
+        """Annotated (or blurred) image, crops and the JSON line of one image."""
+        try:
+            save_outputs(item, dets, staged, lines)
+        except (cv2.error, ValueError) as err:
+            message = f"cannot write the result of {item.path}: {str(err).strip().splitlines()[-1]}"
+            tqdm.write(f"warning: {message}; skipped", file=sys.stderr)
+            failed.append(item.path)
+            lines.append(json_line({"path": str(item.path), "error": message}))
+
+    def save_outputs(item: Loaded, dets: Detections, staged: StagedOutputs, lines: list[str]
+                     ) -> None:
+        with profile("write"):
+            record = {"path": str(item.path),
+                      "size": {"width": item.image.shape[1], "height": item.image.shape[0]},
+                      "faces": dets.to_list()}
+            shown = anonymize(item.image, dets, args.blur) if args.blur else \
+                draw_detections(item.image, dets)
+            staged.write_bytes(item.output, encode(item.output, shown))
+            if args.crops is not None:
+                stem = item.output.relative_to(args.out).with_suffix("")
+                for index, crop in enumerate(aligned_crops(item.image, dets, args.crop_size)):
+                    crop_path = args.crops / f"{stem}_face{index}.png"
+                    staged.write_bytes(crop_path, encode(crop_path, crop))
+                    record["faces"][index]["crop"] = str(crop_path)
+            lines.append(json_line(record))
+
+    verbose = args.verbose or len(images) < PROGRESS_FROM
+    failed: list[Path] = []
+    faces, lines, seen = 0, [], 0
+    started = time.perf_counter()
+    with StagedOutputs() as staged:
+        try:
+            with WriteBehind(QUEUE_DEPTH) as writer, tqdm(total=len(images), unit="img",
+                                                          disable=verbose) as bar:
+                for item in read_ahead(map(load, images, outputs), QUEUE_DEPTH):
+                    seen += 1
+                    bar.update()
+                    if item.error:
+                        tqdm.write(f"warning: {item.error}; skipped", file=sys.stderr)
+                        failed.append(item.path)
+                        writer.submit(lines.append, json_line({"path": str(item.path),
+                                                               "error": item.error}))
+                        continue
+                    dets = detector.detect_prepared(item.prepared)
+                    faces += len(dets)
+                    writer.submit(save, item, dets, staged, lines)
+                    bar.set_postfix(faces=faces, refresh=False)
+                    if verbose:
+                        print(f"{display(item.path)}: {len(dets)} face{'s' * (len(dets) != 1)} "
+                              f"({detector.timings['inference'] * 1000:.0f} ms)")
+        except KeyboardInterrupt:
+            print(f"stopped after {seen} of {len(images)} image(s): nothing written; earlier "
+                  f"results in {display(args.out)} are as they were", file=sys.stderr)
+            raise
+        done = len(images) - len(failed)
+        if not done:
+            raise UserError(f"none of the {len(images)} image(s) could be read")
+        staged.path(json_path).write_text("".join(lines))
+        staged.commit()
+    elapsed = time.perf_counter() - started
+
+    stages = {"read": profile.totals["read"], **detector.profile.totals,
+              "write": profile.totals["write"]}
+    per_image = ", ".join(f"{key} {spent / done * 1000:.1f} ms" for key, spent in stages.items())
     unreadable = f", {len(failed)} unreadable (skipped)" if failed else ""
-    print(f"summary: {len(images)} image(s): {done} annotated{unreadable}; {faces} face(s)")
-    print(f"mean per image: {per_image}")
-    print(f"annotated images: {display(args.out)}/")
+    print(f"summary: {len(images)} image(s): {done} {'anonymised' if args.blur else 'annotated'}"
+          f"{unreadable}; {faces} face(s); {done / elapsed:.1f} images/s overall")
+    print(f"mean per image: {per_image} (reading and writing overlap inference)")
+    print(f"{'blurred' if args.blur else 'annotated'} images: {display(args.out)}/")
+    if args.crops is not None:
+        print(f"aligned crops ({args.crop_size}x{args.crop_size}): {display(args.crops)}/")
     print(f"faces (JSON lines): {display(json_path)}")
     return 0
 

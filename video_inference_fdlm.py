@@ -1,21 +1,22 @@
 """Detect faces and landmarks in a video file or a webcam stream with an SCRFD model.
 
-Writes an annotated video at the source's fps and frame size and one JSON line per frame
-(frame index, time in seconds, faces with box, score and landmarks), then prints a summary
-of frames, faces and where the time went (decode, inference, post-processing).
+Writes an annotated (or, with --blur, anonymised) video at the source's fps and frame size
+and one JSON line per frame (frame index, time in seconds, faces with box, score and
+landmarks), then prints a summary of frames, faces and where the time went. Decoding,
+inference and drawing/encoding run side by side, so the video goes at about the model's speed.
 
     python video_inference_fdlm.py --video data/fatboygang.mp4   # -> results/fatboygang_fdlm.mp4
+    python video_inference_fdlm.py --video clip.mp4 --blur --out /tmp/o/clip.webm  # plays in browsers
     python video_inference_fdlm.py --webcam 0 --show             # stop with q, Esc or Ctrl-C
-    python video_inference_fdlm.py --video clip.mp4 --max-frames 30 --out /tmp/o
 
-A video that breaks mid-way keeps every frame decoded before the break (with a warning);
-Ctrl-C still closes the output properly. Outputs are written under temporary names and
-renamed only once complete, so no half-written file is ever left behind.
+A video that breaks mid-way keeps every frame decoded before the break (with a warning).
+Ctrl-C or SIGTERM finishes the frames in hand and closes both outputs properly (exit 130 or
+143). The video and the JSON lines appear together, only once complete; after an error
+neither replaces an earlier result.
 """
 from __future__ import annotations
 
-import argparse
-import math
+import json
 import os
 import signal
 import sys
@@ -23,27 +24,27 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 from tqdm import tqdm
 
-from detector import (DEFAULT_MODEL, REPO, SCRFD, UserError, atomic_path,
-                      add_detector_arguments, check_model, cli, display, draw_detections, jsonl_writer)
+from scrfdkit.cli import (DEFAULT_MODEL, RESULTS_DIR, ArgumentParser, UserError,
+                          add_detector_arguments, check_model, cli, count, display, positive_int,
+                          score_threshold)
+from scrfdkit.detections import draw_detections
+from scrfdkit.detector import SCRFD
+from scrfdkit.faces import ARCFACE_SIZE, BLUR_MODES, aligned_crops, anonymize
+from scrfdkit.files import StagedOutputs, check_output_file, check_output_folder, same_file
+from scrfdkit.pipeline import WriteBehind, read_ahead
+from scrfdkit.timing import Profile
+from scrfdkit.video import VIDEO_SUFFIXES, VideoSink, fourcc_for, frames, open_capture
 
-# Defaults are relative to this project folder, so the script runs from anywhere.
-DEFAULT_OUT = REPO / "results"
 SUFFIX = "_fdlm"  # results/<video stem>_fdlm.mp4 and .jsonl
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov"}
-FOURCC = "mp4v"  # MPEG-4 Part 2: always available in OpenCV's FFmpeg, plays in common players
-FALLBACK_FPS = 30.0  # when the source does not say (many webcams)
 WINDOW = "SCRFD faces (q or Esc to stop)"
-# FFmpeg's own messages about damaged frames would tear through the progress bar; we report
-# broken input ourselves. Export OPENCV_FFMPEG_LOGLEVEL=16 to see them again.
-os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+QUEUE_DEPTH = 8  # frames decoded ahead of, and drawn/encoded behind, the model
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None = None):
+    parser = ArgumentParser(__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--video", type=Path, metavar="FILE", help="video file to annotate")
     source.add_argument("--webcam", type=int, metavar="INDEX",
@@ -52,79 +53,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL,
                         help=".tflite or .onnx SCRFD model (default: "
                              "models/scrfd500m_480x640_float32.tflite, made by the export scripts)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR,
                         help=f"output folder, giving <out>/<video stem>{SUFFIX}.mp4 (webcam: "
                              f"webcam<INDEX>{SUFFIX}.mp4), or a file name ending in "
-                             f"{'/'.join(sorted(VIDEO_SUFFIXES))} (default: results/)")
+                             f"{'/'.join(sorted(VIDEO_SUFFIXES))} (default: results/); .mp4 "
+                             "(mp4v) plays in desktop players, .webm (VP8) also in browsers")
     parser.add_argument("--json", type=Path, default=None,
                         help="JSON lines file, one line per frame (default: beside the video, "
                              f"<out>/<video stem>{SUFFIX}.jsonl)")
-    parser.add_argument("--max-frames", type=int, default=0,
+    parser.add_argument("--max-frames", type=count, default=0,
                         help="stop after this many frames (default 0: the whole video; webcam "
                              "until Ctrl-C)")
     parser.add_argument("--show", action="store_true",
                         help="also show the annotated frames in a window (q or Esc stops)")
-    parser.add_argument("--fourcc", default=FOURCC,
-                        help=f"codec of the output video, four characters (default {FOURCC}; "
-                             "try MJPG with an .avi --out if your player cannot open the .mp4)")
+    parser.add_argument("--fourcc", default=None,
+                        help="codec of the output video, four characters (default: mp4v for "
+                             ".mp4, VP80 for .webm, MJPG for .avi)")
+    parser.add_argument("--blur", nargs="?", const="gaussian", choices=BLUR_MODES, default=None,
+                        help="anonymise: blur each face (box grown by a margin) instead of "
+                             "drawing it; 'pixelate' for blocks (default when given: gaussian)")
+    parser.add_argument("--crops", type=Path, default=None, metavar="DIR",
+                        help="also write every face aligned to the ArcFace template as "
+                             "<DIR>/frame<N>_face<M>.png (named in the JSON line)")
+    parser.add_argument("--crop-size", type=positive_int, default=ARCFACE_SIZE, metavar="PX",
+                        help=f"side of the aligned crops in pixels (default {ARCFACE_SIZE})")
     add_detector_arguments(parser, per="frame")
     return parser.parse_args(argv)
 
 
-def open_source(args: argparse.Namespace) -> tuple[cv2.VideoCapture, str, int | None, float]:
-    """Open the video or camera: (capture, name stem, frame count or None, fps)."""
-    if args.video is not None:
-        if not args.video.is_file():
-            raise UserError(f"no such video file: {args.video}")
-        capture = cv2.VideoCapture(str(args.video))
-        if not capture.isOpened():
-            raise UserError(f"cannot open video {args.video}: not a video, damaged (for example "
-                            "an .mp4 cut short before its index), or a format OpenCV cannot read")
-        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-        stem, total = args.video.stem, count if count > 0 else None
-    else:
-        level = cv2.getLogLevel()
-        cv2.setLogLevel(0)  # silent: OpenCV's warnings about missing cameras; we say it in one line
-        try:
-            capture = cv2.VideoCapture(args.webcam)
-        finally:
-            cv2.setLogLevel(level)
-        if not capture.isOpened():
-            raise UserError(f"cannot open webcam {args.webcam} (no such camera, or it is busy)")
-        stem, total = f"webcam{args.webcam}", None
-    fps = capture.get(cv2.CAP_PROP_FPS)
-    if not math.isfinite(fps) or not 0 < fps <= 1000:
-        print(f"note: the source does not report its fps; writing at {FALLBACK_FPS:g}",
-              file=sys.stderr)
-        fps = FALLBACK_FPS
-    return capture, stem, total, fps
-
-
-def output_paths(args: argparse.Namespace, stem: str) -> tuple[Path, Path]:
+def output_paths(args, stem: str) -> tuple[Path, Path]:
     """<out>/<stem>_fdlm.mp4 and .jsonl, or the file named by --out and a .jsonl beside it."""
     if args.out.suffix.lower() in VIDEO_SUFFIXES:
-        video = args.out
-    elif args.out.suffix:
+        video = check_output_file(args.out, "--out")
+    elif args.out.suffix and not args.out.is_dir():
         raise UserError(f"--out {args.out}: give a folder or a video file ending in "
                         f"{'/'.join(sorted(VIDEO_SUFFIXES))}")
     else:
-        video = args.out / f"{stem}{SUFFIX}.mp4"
-    if args.video is not None and video.resolve() == args.video.resolve():
+        video = check_output_folder(args.out, "--out") / f"{stem}{SUFFIX}.mp4"
+    inputs = [args.video] if args.video is not None else []
+    if inputs and same_file(video, args.video):
         raise UserError(f"--out {video} would overwrite the input video; choose another name")
-    json_path = args.json or video.with_suffix(".jsonl")
-    if json_path.is_dir():
-        raise UserError(f"--json {json_path} is a folder; give a file name such as faces.jsonl")
+    json_path = check_output_file(args.json or video.with_suffix(".jsonl"), "--json", inputs)
+    if same_file(json_path, video):
+        raise UserError(f"--json {json_path} is the output video; choose another name")
     return video, json_path
-
-
-def open_writer(path: Path, fourcc: str, fps: float, width: int, height: int) -> cv2.VideoWriter:
-    if len(fourcc) != 4:
-        raise UserError(f"--fourcc must be four characters, got {fourcc!r}")
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
-    if not writer.isOpened():
-        raise UserError(f"cannot write a {path.suffix} video with codec {fourcc}; try "
-                        "--fourcc MJPG with an .avi --out")
-    return writer
 
 
 def open_window() -> None:
@@ -141,103 +113,119 @@ def open_window() -> None:
 
 def main() -> int:
     args = parse_args()
-    if args.max_frames < 0:
-        raise UserError(f"--max-frames must be 0 (no limit) or more, got {args.max_frames}")
     if args.show:
         open_window()
     model_path = check_model(args.model)
-    capture, stem, total, fps = open_source(args)
+    capture, stem, total, fps = open_capture(args.video, args.webcam)
     video_path, json_path = output_paths(args, stem)
-    detector = SCRFD(model_path, args.size, score_threshold=args.score,
+    fourcc = fourcc_for(video_path, args.fourcc)
+    if args.crops is not None:
+        check_output_folder(args.crops, "--crops")
+    detector = SCRFD(model_path, args.size, score_threshold=score_threshold(args),
                      nms_threshold=args.nms, max_faces=args.max_faces, threads=args.threads)
+    if args.crops and not detector.has_landmarks:
+        raise UserError(f"--crops needs landmarks, and {display(model_path)} has none")
     source = display(args.video) if args.video is not None else f"webcam {args.webcam}"
     print(f"model {display(model_path)}: {detector.runner.backend}, input "
-          f"{detector.input_hw[0]}x{detector.input_hw[1]}; source {source}: "
-          f"{total or 'unknown number of'} frames at {fps:.2f} fps")
+          f"{detector.input_hw[0]}x{detector.input_hw[1]}, score >= {detector.score_threshold:g}"
+          f"; source {source}: {total or 'unknown number of'} frames at {fps:.2f} fps")
 
+    profile = Profile()
+
+    def decoded() -> tuple[np.ndarray, tuple]:
+        """Frames with their model input, made in the read-ahead thread."""
+        stream = frames(capture, args.max_frames)
+        while True:
+            with profile("decode"):
+                frame = next(stream, None)
+            if frame is None:
+                return
+            yield frame, detector.prepare(frame)
+
+    def write_frame(index: int, frame: np.ndarray, dets, sink: VideoSink, staged: StagedOutputs,
+                    lines: list[str]) -> None:
+        with profile("draw+write"):
+            shown = anonymize(frame, dets, args.blur) if args.blur else draw_detections(frame, dets)
+            sink.write(shown)
+            # time on the output video's clock, so JSON and annotated video line up
+            record = {"frame": index, "time": round(index / fps, 3), "faces": dets.to_list()}
+            if args.crops is not None:
+                for face, crop in enumerate(aligned_crops(frame, dets, args.crop_size)):
+                    crop_path = args.crops / f"{stem}_frame{index:06d}_face{face}.png"
+                    staged.write_bytes(crop_path, cv2.imencode(".png", crop)[1].tobytes())
+                    record["faces"][face]["crop"] = str(crop_path)
+            lines.append(json.dumps(record) + "\n")
+        if args.show:
+            cv2.imshow(WINDOW, shown)
+            if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+                stop.append("stopped from the window")
+
+    # Ctrl-C and SIGTERM only ask to stop: frames in hand are finished (video and JSON line
+    # together), so the two outputs always hold the same frames and the video stays playable.
+    stop: list[str] = []
+    handlers = {sig: signal.signal(sig, lambda signum, _: stop.append(
+        "interrupted (Ctrl-C)" if signum == signal.SIGINT else "terminated (SIGTERM)"))
+        for sig in (signal.SIGINT, signal.SIGTERM)}
     wanted = min(filter(None, (total, args.max_frames)), default=None)
-    frames = faces = 0
-    size = None  # (width, height) of the first frame: the output's frame size
-    stopped = ""  # why we stopped before the source ended, if we did
-    seconds = {"decode": 0.0, "preprocess": 0.0, "inference": 0.0, "postprocess": 0.0,
-               "draw+write": 0.0}
+    frame_count = faces = 0
+    lines: list[str] = []
     started = time.perf_counter()
-    with atomic_path(video_path) as tmp_video, jsonl_writer(json_path) as write_json:
-        writer = None
-        bar = tqdm(total=wanted, unit="frame", desc=stem, dynamic_ncols=True)
-        # Ctrl-C only asks to stop: the frame in hand is finished (video and JSON line
-        # together), so the two outputs always hold the same frames.
-        interrupted: list[int] = []
-        previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(1))
-        try:
-            while (not args.max_frames or frames < args.max_frames) and not interrupted:
-                t0 = time.perf_counter()
-                ok, frame = capture.read()
-                t1 = time.perf_counter()
-                seconds["decode"] += t1 - t0
-                if not ok:
-                    break
-                dets = detector.detect(frame)
-                t2 = time.perf_counter()
-                if writer is None:
-                    size = (frame.shape[1], frame.shape[0])
-                    writer = open_writer(tmp_video, args.fourcc, fps, *size)
-                annotated = draw_detections(frame, dets)
-                if (annotated.shape[1], annotated.shape[0]) != size:  # a camera switched modes
-                    annotated = cv2.resize(annotated, size)
-                writer.write(annotated)
-                # time on the output video's clock, so JSON and annotated video line up
-                write_json({"frame": frames, "time": round(frames / fps, 3),
-                            "faces": dets.to_list()})
-                frames += 1
-                faces += len(dets)
-                seconds["draw+write"] += time.perf_counter() - t2
-                for key, value in detector.timings.items():
-                    seconds[key] += value
-                bar.set_postfix(faces=faces, refresh=False)
-                bar.update()
-                if args.show:
-                    cv2.imshow(WINDOW, annotated)
-                    if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
-                        stopped = "stopped from the window"
+    try:
+        with StagedOutputs() as staged:
+            with VideoSink(video_path, staged, fps, fourcc) as sink, WriteBehind(QUEUE_DEPTH) as \
+                    writer, tqdm(total=wanted, unit="frame", desc=stem, dynamic_ncols=True) as bar:
+                for frame, prepared in read_ahead(decoded(), QUEUE_DEPTH):
+                    if stop:
                         break
-            if interrupted:
-                stopped = "interrupted (Ctrl-C)"
-        except KeyboardInterrupt:
-            stopped = "interrupted (Ctrl-C)"
-        finally:
-            signal.signal(signal.SIGINT, previous_handler)
-            bar.close()
-            capture.release()
-            if writer is not None:
-                writer.release()  # writes the container's index: the file is complete from here
-            if args.show:
-                cv2.destroyAllWindows()
-        if not frames:
-            raise UserError(f"no frames could be decoded from {source}")
+                    dets = detector.detect_prepared(prepared)
+                    writer.submit(write_frame, frame_count, frame, dets, sink, staged, lines)
+                    frame_count += 1
+                    faces += len(dets)
+                    bar.set_postfix(faces=faces, refresh=False)
+                    bar.update()
+            if not frame_count:
+                raise UserError(f"no frames could be decoded from {source}")
+            staged.path(json_path).write_text("".join(lines))
+            staged.commit()
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        if args.show:
+            cv2.destroyAllWindows()
     elapsed = time.perf_counter() - started
 
+    stopped = stop[0] if stop else ""
     if stopped:
-        print(f"{stopped} after {frames} frames", file=sys.stderr)
-    elif total and frames < total and frames != args.max_frames:
-        print(f"warning: {source} ended after {frames} of the {total} frames it announces "
-              f"(truncated or damaged?); kept the {frames} frames before the break",
+        print(f"{stopped} after {frame_count} frames; both outputs hold those frames",
               file=sys.stderr)
-
-    def rate(*keys: str) -> str:
-        spent = sum(seconds[k] for k in keys)
-        return f"{spent:7.2f} s {frames / spent if spent else float('inf'):8.1f} fps"
-    print(f"summary: {frames} frames, {faces} faces ({faces / frames:.2f} per frame) in "
-          f"{elapsed:.1f} s: {frames / elapsed:.1f} fps overall")
-    print(f"  decode           {rate('decode')}")
-    print(f"  inference        {rate('preprocess', 'inference')}  (preprocess "
-          f"{seconds['preprocess']:.2f} s, model {seconds['inference']:.2f} s)")
-    print(f"  post-processing  {rate('postprocess', 'draw+write')}  (boxes + NMS "
-          f"{seconds['postprocess']:.2f} s, draw + encode + JSON {seconds['draw+write']:.2f} s)")
-    print(f"annotated video: {display(video_path)} ({size[0]}x{size[1]}, {fps:.2f} fps, "
-          f"{frames} frames)")
+    elif total and frame_count < total and frame_count != args.max_frames:
+        print(f"warning: {source} ended after {frame_count} of the {total} frames it announces "
+              f"(truncated or damaged?); kept the {frame_count} frames before the break",
+              file=sys.stderr)
+    print_summary(frame_count, faces, elapsed, {**profile.totals, **detector.profile.totals})
+    print(f"{'anonymised' if args.blur else 'annotated'} video: {display(video_path)} "
+          f"({sink.size[0]}x{sink.size[1]}, {fps:.2f} fps, {frame_count} frames, {fourcc})")
+    if args.crops is not None:
+        print(f"aligned crops ({args.crop_size}x{args.crop_size}): {display(args.crops)}/")
     print(f"faces (JSON lines): {display(json_path)}")
+    if stopped.startswith("terminated"):
+        return 143
     return 130 if stopped.startswith("interrupted") and args.video is not None else 0
+
+
+def print_summary(frame_count: int, faces: int, elapsed: float, seconds: dict[str, float]) -> None:
+    """Overall fps beside each stage's own fps: stages overlap, so the slowest one sets the pace."""
+    overall = frame_count / elapsed
+    model = frame_count / seconds["inference"] if seconds["inference"] else float("inf")
+    print(f"summary: {frame_count} frames, {faces} faces ({faces / frame_count:.2f} per frame) "
+          f"in {elapsed:.1f} s: {overall:.1f} fps overall, {model:.1f} fps model only "
+          f"({overall / model:.0%} of the model's speed)")
+    for label, keys in (("decode", ("decode",)), ("preprocess", ("preprocess",)),
+                        ("model", ("inference",)), ("boxes + NMS", ("postprocess",)),
+                        ("draw + encode", ("draw+write",))):
+        spent = sum(seconds.get(k, 0.0) for k in keys)
+        rate = frame_count / spent if spent else float("inf")
+        print(f"  {label:15} {spent:7.2f} s {rate:8.1f} fps")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TEST_HW, run_script
-from detector import SCRFD, read_image
+from scrfdkit import SCRFD, read_image
 
 ONNX_SIZE = "320,320"  # dynamic ONNX at a small size: fast, still finds the sample faces
 SAMPLE_PHOTOS = ("friends.jpg", "group_t1.jpg", "crowd_selfie.jpg", "crowd_5334x2767.jpg",
@@ -205,14 +205,137 @@ def test_only_unreadable_images_exit_2(det500m_onnx, tmp_path):
                       "--out", tmp_path / "out", check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.splitlines()[-1].startswith("error: none of the 1 image(s)")
-    assert "error" in read_jsonl(tmp_path / "out" / "faces.jsonl")[0]
+    assert not (tmp_path / "out" / "faces.jsonl").exists()  # a failed run writes nothing
+
+
+@pytest.mark.parametrize("case,args,fragment", [
+    ("score above 1", ["--score", "1.5"], "--score"),
+    ("score below 0", ["--score", "-1"], "--score"),
+    ("nms above 1", ["--nms", "2"], "--nms"),
+    ("no threads", ["--threads", "0"], "--threads"),
+    ("gif output", ["--format", "gif"], "--format gif"),
+    ("out is a file", ["--out", "{photo}"], "is a file"),
+    ("out in /proc", ["--out", "/proc/x"], "not writable"),
+    ("json is the photo", ["--json", "{photo}"], "is one of the inputs"),
+    ("json in a file", ["--json", "{photo}/faces.jsonl"], "is a file, not a folder"),
+    ("json is a folder", ["--json", "{folder}"], "is a folder"),
+])
+def test_bad_options_are_refused_before_any_work(det500m_onnx, samples_dir, tmp_path, case, args,
+                                                 fragment):
+    photo = tmp_path / "p.jpg"
+    shutil.copy(samples_dir / "friends.jpg", photo)
+    before = photo.read_bytes()
+    args = [a.format(photo=photo, folder=tmp_path) for a in args]
+    defaults = {"--out": tmp_path / "out"}
+    extra = [str(v) for k, v in defaults.items() if k not in args for v in (k, v)]
+    proc = run_script("scrfd.py", "--model", det500m_onnx, "--image", photo, *extra, *args,
+                      check=False)
+    assert_one_line_error(proc, fragment)
+    assert "model" not in proc.stdout  # refused before the model was even loaded
+    assert photo.read_bytes() == before
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_huge_header_image_is_counted_and_the_batch_goes_on(det500m_onnx, samples_dir, tmp_path):
+    from test_core import huge_header
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(samples_dir / "friends.jpg", folder / "a.jpg")
+    png = cv2.imencode(".png", read_image(samples_dir / "friends.jpg"))[1].tobytes()
+    (folder / "b.png").write_bytes(huge_header(png, ".png"))
+    shutil.copy(samples_dir / "two_people.jpg", folder / "c.jpg")
+    proc = run_script("scrfd.py", "--model", det500m_onnx, "--size", ONNX_SIZE, "--image", folder,
+                      "--out", tmp_path / "out")
+    assert "3 image(s): 2 annotated, 1 unreadable (skipped)" in proc.stdout
+    assert "b.png" in proc.stderr and "more pixels" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(read_jsonl(tmp_path / "out" / "faces.jsonl")) == 3
+
+
+def test_output_inside_the_input_folder_is_not_read_back(det500m_onnx, samples_dir, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(samples_dir / "friends.jpg", folder / "friends.jpg")
+    for _ in range(2):
+        proc = run_script("scrfd.py", "--model", det500m_onnx, "--size", ONNX_SIZE,
+                          "--image", folder, "--out", folder / "annotated")
+        assert "1 image(s)" in proc.stdout
+    assert len(read_jsonl(folder / "annotated" / "faces.jsonl")) == 1
+
+
+def test_an_interrupted_rerun_leaves_the_earlier_results_whole(det500m_onnx, wider_dir, tmp_path):
+    images = wider_dir / "WIDER_val" / "images"
+    out = tmp_path / "out"
+    first = run_script("scrfd.py", "--model", det500m_onnx, "--size", "256,320", "--image",
+                       next(images.iterdir()), "--out", out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert len(before) > 10, first.stdout
+    proc = subprocess.Popen([sys.executable, str(REPO / "scrfd.py"), "--model", str(det500m_onnx),
+                             "--threads", "1", "--image", str(images), "--out", str(out)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list(out.glob(".*.part.*")):
+        time.sleep(0.05)
+    time.sleep(1.0)
+    for signum, code in ((signal.SIGTERM, 143),):
+        proc.send_signal(signum)
+        stdout, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == code and "Traceback" not in stderr, stderr
+        assert "nothing written" in stderr
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before and leftovers(out) == []
+
+
+def test_aligned_crops_match_insightface_norm_crop(tflite_float32, samples_dir, tmp_path):
+    face_align = pytest.importorskip("insightface.utils.face_align")
+    from scrfdkit.faces import similarity_transform, template_for
+
+    crops = tmp_path / "crops"
+    run_script("scrfd.py", "--model", tflite_float32, "--image", samples_dir / "friends.jpg",
+               "--out", tmp_path / "out", "--crops", crops)
+    [record] = read_jsonl(tmp_path / "out" / "faces.jsonl")
+    assert len(record["faces"]) == 6 == len(list(crops.glob("*.png")))
+    image = read_image(samples_dir / "friends.jpg")
+    for face in record["faces"]:
+        crop = cv2.imread(face["crop"])
+        assert crop.shape == (112, 112, 3)
+        landmarks = np.array(face["landmarks"], np.float32)
+        reference = face_align.norm_crop(image, landmarks)
+        assert np.abs(crop.astype(int) - reference).mean() < 1.0  # same pixels, up to rounding
+        ours = similarity_transform(landmarks, template_for(112))
+        theirs = face_align.estimate_norm(landmarks)
+        corners = np.array([[0, 0, 1], [image.shape[1], 0, 1], [0, image.shape[0], 1],
+                            [image.shape[1], image.shape[0], 1]], np.float64)
+        assert np.abs(corners @ ours.T - corners @ theirs.T).max() < 1.0  # within one pixel
+
+
+def test_blur_hides_faces_and_draws_nothing(tflite_float32, samples_dir, tmp_path):
+    out = tmp_path / "out"
+    proc = run_script("scrfd.py", "--model", tflite_float32, "--image", samples_dir / "friends.jpg",
+                      "--out", out, "--blur")
+    assert "score >= 0.3" in proc.stdout  # the anonymising default
+    [record] = read_jsonl(out / "faces.jsonl")
+    original, blurred = read_image(samples_dir / "friends.jpg"), cv2.imread(str(out / "friends.jpg"))
+    changed = (np.abs(original.astype(int) - blurred).max(axis=2) > 40)
+    inside = np.zeros_like(changed)
+    from scrfdkit.detections import Detections
+    from scrfdkit.faces import grown_boxes
+
+    boxes = grown_boxes(Detections([f["box"] for f in record["faces"]],
+                                   [f["score"] for f in record["faces"]]), original.shape)
+    for x1, y1, x2, y2 in boxes:
+        inside[y1:y2, x1:x2] = True
+        face, hidden = original[y1:y2, x1:x2], blurred[y1:y2, x1:x2]
+        assert cv2.Laplacian(hidden, cv2.CV_32F).var() < cv2.Laplacian(face, cv2.CV_32F).var() / 3
+    assert changed[~inside].mean() < 0.002  # outside the faces only JPEG noise: nothing drawn
 
 
 def run_copy(project: Path, script: str, *args: str) -> subprocess.CompletedProcess:
     """Run a copy of a script in a scratch project folder: its default models/, data/ and
     results/ are then that folder's, not the repository's (which others may fill)."""
-    for name in (script, "detector.py"):  # defaults are relative to detector.py's folder
-        shutil.copy(REPO / name, project / name)
+    shutil.copy(REPO / script, project / script)  # defaults are relative to scrfdkit's folder
+    shutil.copytree(REPO / "scrfdkit", project / "scrfdkit",
+                    ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
     wrapper = ("import atexit, runpy, sys\n"
                "atexit.register(lambda: print('tensorflow imported:',\n"
                "                              'tensorflow' in sys.modules))\n"
@@ -288,7 +411,7 @@ def test_video_sample_first_frames(tflite_float32, samples_dir, tmp_path):
     assert count_frames(video) == 30
     records = read_jsonl(tmp_path / "fatboygang_fdlm.jsonl")
     assert [r["frame"] for r in records] == list(range(30))
-    for word in ("summary: 30 frames", "decode", "inference", "post-processing", str(video)):
+    for word in ("summary: 30 frames", "decode", "model only", "draw + encode", str(video)):
         assert word in proc.stdout, proc.stdout
     assert "warning" not in proc.stderr
     assert leftovers(tmp_path) == []
@@ -359,13 +482,7 @@ def test_ctrl_c_still_finalizes_the_video(det500m_onnx, samples_dir, tmp_path):
         [sys.executable, str(REPO / "video_inference_fdlm.py"), "--model", str(det500m_onnx),
          "--size", "128,160", "--threads", "1", "--video", str(samples_dir / "hamilton_360p.mp4"),
          "--out", str(out)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:  # wait for a few frames' JSON
-        parts = list(out.glob(".hamilton_360p_fdlm.jsonl.*")) if out.exists() else []
-        if parts and parts[0].read_text().count("\n") >= 5:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "finished before it could be interrupted"
+    wait_for_staged_video(proc, out, ".hamilton_360p_fdlm.")
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr
@@ -376,11 +493,68 @@ def test_ctrl_c_still_finalizes_the_video(det500m_onnx, samples_dir, tmp_path):
     assert leftovers(out) == []
 
 
+def wait_for_staged_video(proc: subprocess.Popen, out: Path, prefix: str) -> None:
+    """Wait until the run has encoded some frames into its (hidden, temporary) video."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        parts = list(out.glob(f"{prefix}*.part.mp4")) if out.exists() else []
+        if parts and parts[0].exists() and parts[0].stat().st_size > 30_000:
+            return
+        time.sleep(0.05)
+    assert proc.poll() is None, "finished before it could be interrupted"
+
+
+def test_sigterm_finishes_the_frames_in_hand_and_leaves_a_playable_video(det500m_onnx,
+                                                                         samples_dir, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "video_inference_fdlm.py"), "--model", str(det500m_onnx),
+         "--size", "128,160", "--threads", "1", "--blur", "--video",
+         str(samples_dir / "hamilton_360p.mp4"), "--out", str(out)], cwd=REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_staged_video(proc, out, ".hamilton_360p_fdlm.")
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "terminated" in stderr and "Traceback" not in stderr
+    frames = len(read_jsonl(out / "hamilton_360p_fdlm.jsonl"))
+    assert 1 <= frames < 275 and count_frames(out / "hamilton_360p_fdlm.mp4") == frames
+    assert leftovers(out) == []
+
+
+def test_video_blur_into_webm_keeps_every_frame(det500m_onnx, samples_dir, tmp_path):
+    source = write_video(tmp_path / "clip.mp4", samples_dir / "friends.jpg", frames=12)
+    out = tmp_path / "out" / "clip.webm"
+    proc = run_script("video_inference_fdlm.py", "--model", det500m_onnx, "--size", "256,320",
+                      "--video", source, "--out", out, "--blur", "--score", "0.3")
+    assert "VP80" in proc.stdout and count_frames(out) == 12
+    records = read_jsonl(out.with_suffix(".jsonl"))
+    assert len(records) == 12 and all(r["faces"] for r in records)
+    original, blurred = cv2.VideoCapture(str(source)), cv2.VideoCapture(str(out))
+    first, anonymised = original.read()[1], blurred.read()[1]
+    x1, y1, x2, y2 = (int(v) for v in records[0]["faces"][0]["box"])
+    face, face_out = first[y1:y2, x1:x2], anonymised[y1:y2, x1:x2]
+    assert cv2.Laplacian(face_out, cv2.CV_32F).var() < cv2.Laplacian(face, cv2.CV_32F).var() / 3
+
+
+@pytest.mark.parametrize("case", ["json is the input", "photo as video", "out is the input"])
+def test_video_refuses_to_overwrite_its_input(det500m_onnx, samples_dir, tmp_path, case):
+    source = write_video(tmp_path / "clip.mp4", samples_dir / "friends.jpg", frames=5)
+    before = source.read_bytes()
+    args = {"json is the input": ["--video", source, "--json", source],
+            "photo as video": ["--video", samples_dir / "friends.jpg"],
+            "out is the input": ["--video", source, "--out", source]}[case]
+    proc = run_script("video_inference_fdlm.py", "--model", det500m_onnx, *args, check=False)
+    assert_one_line_error(proc)
+    assert source.read_bytes() == before
+
+
 def test_help_texts_explain_every_option():
     for script, options in (("scrfd.py", ("--model", "--image", "--out", "--json", "--score",
-                                          "--nms", "--max-faces", "--size", "--threads")),
+                                          "--nms", "--max-faces", "--size", "--threads",
+                                          "--blur", "--crops", "--crop-size", "--verbose")),
                             ("video_inference_fdlm.py", ("--video", "--webcam", "--out", "--json",
-                                                         "--max-frames", "--show", "--size"))):
+                                                         "--max-frames", "--show", "--size",
+                                                         "--blur", "--crops", "--fourcc"))):
         text = run_script(script, "--help").stdout
         for option in options:
             assert option in text

@@ -1,0 +1,186 @@
+"""What every entry script shares: the error type, the exit-code contract, paths, thresholds,
+and the detector options. One home for each default so no two scripts disagree."""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Callable, NoReturn
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS_DIR = REPO / "models"
+DATA_DIR = REPO / "data"
+RESULTS_DIR = REPO / "results"
+SHARED = Path(os.environ.get("SCRFD_SHARED", REPO.parent / "shared"))
+
+DEFAULT_MODEL = MODELS_DIR / "scrfd500m_480x640_float32.tflite"  # the original quick start
+DEFAULT_IMAGE = DATA_DIR / "friends.jpg"
+DEFAULT_INPUT_HW = (640, 640)  # dynamic ONNX models: SCRFD's "VGA" input
+DEFAULT_THREADS = min(4, os.cpu_count() or 1)
+MAX_INPUT_SIDE = 4096  # model input sides beyond this only exhaust memory
+
+SCORE_THRESHOLD = 0.5  # SCRFD's usual operating point: few false positives on photos
+BLUR_SCORE_THRESHOLD = 0.3  # anonymising: a missed face costs more than a blurred background
+NMS_THRESHOLD = 0.4  # InsightFace's default IoU for merging duplicate boxes
+EVAL_SCORE_THRESHOLD = 0.02  # SCRFD paper's WIDER FACE protocol: keep nearly every candidate,
+EVAL_NMS_THRESHOLD = 0.45  # and suppress at IoU 0.45
+DEBUG_ENV = "SCRFD_DEBUG"  # set to 1 to see the traceback behind an unexpected error
+
+EXPORT_HINT = ("`python export_modified_onnx.py --model models/det_500m.onnx --hw 480,640` then "
+               "`python export_tflite.py --onnx models/det_500m_480x640.onnx`")
+DOWNLOAD_HINT = "`python export_modified_onnx.py --download buffalo_sc`"
+
+
+class UserError(Exception):
+    """A problem with what the user gave us; scripts print it on one line and exit 2."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so every `finally` and temporary-file cleanup runs."""
+
+
+def _raise_terminated(signum, frame) -> NoReturn:
+    raise Terminated()
+
+
+def cli(main: Callable[[], object]) -> None:
+    """Run a script's main() with the exit-code contract every script keeps.
+
+    UserError: one `error:` line, exit 2. Ctrl-C: exit 130; SIGTERM: exit 143, both after the
+    cleanup in `finally` blocks (no temporary files left). Anything unexpected: one line too,
+    exit 1, and the traceback only with SCRFD_DEBUG=1.
+    """
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        result = main()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        sys.exit(143)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except MemoryError:
+        print("error: out of memory", file=sys.stderr)
+        sys.exit(1)
+    except Exception as err:  # a bug or an environment problem: still one line by default
+        if os.environ.get(DEBUG_ENV):
+            traceback.print_exc()
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        print(f"error: unexpected {type(err).__name__}{': ' + detail if detail else ''} "
+              f"(set {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(result if isinstance(result, int) else 0)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the scripts' error style: one `error:` line and exit 2, no usage dump."""
+
+    def __init__(self, doc: str | None = None, **kwargs) -> None:
+        if doc:  # a module docstring: first paragraph describes, the rest is the epilog
+            head, _, tail = doc.strip().partition("\n\n")
+            kwargs.setdefault("description", head)
+            kwargs.setdefault("epilog", tail or None)
+            kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(**kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a number in [0, 1] (scores and IoU thresholds)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of 1 or more (threads, repeats, counts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def count(text: str) -> int:
+    """An argparse type: an integer of 0 or more (0 usually meaning "no limit")."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def display(path: str | os.PathLike) -> str:
+    """Paths relative to the working folder when they are inside it: shorter to read."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def check_model(path: Path) -> Path:
+    """A missing default model gets the commands that create it instead of a bare 'not found'."""
+    if path.exists() or path.resolve() != DEFAULT_MODEL:
+        return path  # the runners report a missing or unusable --model themselves
+    fetch = "" if (MODELS_DIR / "det_500m.onnx").exists() else \
+        f" (first fetch det_500m.onnx with {DOWNLOAD_HINT})"
+    raise UserError(f"default model {display(path)} not found; create it with {EXPORT_HINT}"
+                    f"{fetch}, or pass --model")
+
+
+def parse_hw(text: str) -> tuple[int, int]:
+    """Parse 'H,W' (or 'HxW'); both must be positive multiples of 32 (SCRFD's largest stride)."""
+    try:
+        height, width = (int(v) for v in text.lower().replace("x", ",").split(","))
+    except ValueError:
+        raise UserError(f"size must look like H,W (for example 480,640), got {text!r}") from None
+    for name, value in (("height", height), ("width", width)):
+        if value <= 0 or value % 32:
+            lower, upper = max(32, value // 32 * 32), (value // 32 + 1) * 32
+            raise UserError(f"{name} {value} is not a multiple of 32; nearest valid sizes are "
+                            f"{lower} and {upper}")
+        if value > MAX_INPUT_SIDE:
+            raise UserError(f"{name} {value} is larger than {MAX_INPUT_SIDE}, the largest input "
+                            "size these tools accept")
+    return height, width
+
+
+def score_threshold(args: argparse.Namespace) -> float:
+    """--score when given, else the default for the job: lower when anonymising (--blur)."""
+    if args.score is not None:
+        return args.score
+    return BLUR_SCORE_THRESHOLD if getattr(args, "blur", None) else SCORE_THRESHOLD
+
+
+def add_detector_arguments(parser: argparse.ArgumentParser, per: str = "image") -> None:
+    """The detector options scrfd.py and video_inference_fdlm.py share."""
+    parser.add_argument("--score", type=fraction, default=None,
+                        help=f"minimum face score, 0..1 (default {SCORE_THRESHOLD}; "
+                             f"{BLUR_SCORE_THRESHOLD} with --blur, where a missed face matters more)")
+    parser.add_argument("--nms", type=fraction, default=NMS_THRESHOLD,
+                        help=f"IoU above which overlapping boxes are merged, 0..1 "
+                             f"(default {NMS_THRESHOLD})")
+    parser.add_argument("--max-faces", type=count, default=0,
+                        help=f"keep at most this many faces per {per}, best first (default 0: all)")
+    parser.add_argument("--size", type=parse_hw, default=None, metavar="H,W",
+                        help="input size for dynamic ONNX models, multiples of 32 (default 640,640;"
+                             " a .tflite or fixed-size ONNX model has its own size)")
+    parser.add_argument("--threads", type=positive_int, default=DEFAULT_THREADS,
+                        help=f"CPU threads for inference (default {DEFAULT_THREADS})")

@@ -16,8 +16,6 @@ interrupted or failed run leaves earlier results untouched.
 """
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -30,15 +28,16 @@ from tqdm import tqdm
 from scrfdkit.cli import (DEFAULT_IMAGE, DEFAULT_MODEL, RESULTS_DIR, ArgumentParser, UserError,
                           add_detector_arguments, check_model, cli, display, positive_int,
                           score_threshold)
-from scrfdkit.detections import Detections, draw_detections
+from scrfdkit.detections import Detections
 from scrfdkit.detector import SCRFD
-from scrfdkit.faces import ARCFACE_SIZE, BLUR_MODES, aligned_crops, anonymize
+from scrfdkit.faces import ARCFACE_SIZE, BLUR_MODES
 from scrfdkit.files import (StagedOutputs, check_output_file, check_output_folder, find_images,
-                            read_image, same_file)
+                            read_image)
+from scrfdkit.photos import (JSON_NAME, PhotoOutputs, error_line, image_format, output_paths,
+                             save_photo)
 from scrfdkit.pipeline import WriteBehind, read_ahead
 from scrfdkit.timing import Profile
 
-JSON_NAME = "faces.jsonl"
 PROGRESS_FROM = 4  # a progress bar from this many images on; one line per image below it
 QUEUE_DEPTH = 4  # images read ahead of, and written behind, the model
 
@@ -72,49 +71,6 @@ def parse_args(argv: list[str] | None = None):
                         help="one line per image instead of a progress bar")
     add_detector_arguments(parser, per="image")
     return parser.parse_args(argv)
-
-
-def output_paths(images: list[Path], out_dir: Path, suffix: str | None = None) -> list[Path]:
-    """<out>/<image name>; inputs that share a name keep their sub-folders to stay apart."""
-    names = [p.name.lower() for p in images]
-    if len(set(names)) == len(names):
-        outputs = [out_dir / p.name for p in images]
-    else:
-        resolved = [Path(os.path.abspath(p)) for p in images]  # not resolve(): keep symlinked names
-        root = Path(os.path.commonpath([p.parent for p in resolved]))
-        outputs = [out_dir / p.relative_to(root) for p in resolved]
-    if suffix:
-        outputs = [p.with_suffix(suffix) for p in outputs]
-    for image, output in zip(images, outputs):
-        if same_file(output, image):
-            raise UserError(f"--out {display(out_dir)} would overwrite the input {display(image)}; "
-                            "choose another folder")
-    return outputs
-
-
-def image_format(text: str | None) -> str | None:
-    """'.png' from 'png' or '.PNG'; UserError when OpenCV cannot write that format."""
-    if text is None:
-        return None
-    suffix = "." + text.lower().lstrip(".")
-    if not cv2.haveImageWriter(f"x{suffix}"):
-        raise UserError(f"--format {text}: OpenCV cannot write this format; try png or jpg")
-    return suffix
-
-
-def encode(path: Path, image: np.ndarray) -> bytes:
-    """The image in the format its name says (PNG bytes where OpenCV cannot write that)."""
-    try:
-        ok, data = cv2.imencode(path.suffix or ".png", image)
-    except cv2.error:
-        ok = False
-    if not ok:
-        ok, data = cv2.imencode(".png", image)
-    return data.tobytes()
-
-
-def json_line(record: dict) -> str:
-    return json.dumps(record) + "\n"
 
 
 @dataclass
@@ -161,32 +117,18 @@ def main() -> int:
                 return Loaded(path, output, error=str(err))
         return Loaded(path, output, image, detector.prepare(image))
 
+    settings = PhotoOutputs(args.out, args.blur, args.crops, args.crop_size)
+
     def save(item: Loaded, dets: Detections, staged: StagedOutputs, lines: list[str]) -> None:
-        """Annotated (or blurred) image, crops and the JSON line of one image."""
+        """The outputs of one photo; one the encoder cannot handle is a warning, not the end."""
         try:
-            save_outputs(item, dets, staged, lines)
+            with profile("write"):
+                lines.append(save_photo(item.path, item.output, item.image, dets, settings, staged))
         except (cv2.error, ValueError) as err:
             message = f"cannot write the result of {item.path}: {str(err).strip().splitlines()[-1]}"
             tqdm.write(f"warning: {message}; skipped", file=sys.stderr)
             failed.append(item.path)
-            lines.append(json_line({"path": str(item.path), "error": message}))
-
-    def save_outputs(item: Loaded, dets: Detections, staged: StagedOutputs, lines: list[str]
-                     ) -> None:
-        with profile("write"):
-            record = {"path": str(item.path),
-                      "size": {"width": item.image.shape[1], "height": item.image.shape[0]},
-                      "faces": dets.to_list()}
-            shown = anonymize(item.image, dets, args.blur) if args.blur else \
-                draw_detections(item.image, dets)
-            staged.write_bytes(item.output, encode(item.output, shown))
-            if args.crops is not None:
-                stem = item.output.relative_to(args.out).with_suffix("")
-                for index, crop in enumerate(aligned_crops(item.image, dets, args.crop_size)):
-                    crop_path = args.crops / f"{stem}_face{index}.png"
-                    staged.write_bytes(crop_path, encode(crop_path, crop))
-                    record["faces"][index]["crop"] = str(crop_path)
-            lines.append(json_line(record))
+            lines.append(error_line(item.path, message))
 
     verbose = args.verbose or len(images) < PROGRESS_FROM
     failed: list[Path] = []
@@ -202,8 +144,7 @@ def main() -> int:
                     if item.error:
                         tqdm.write(f"warning: {item.error}; skipped", file=sys.stderr)
                         failed.append(item.path)
-                        writer.submit(lines.append, json_line({"path": str(item.path),
-                                                               "error": item.error}))
+                        writer.submit(lines.append, error_line(item.path, item.error))
                         continue
                     dets = detector.detect_prepared(item.prepared)
                     faces += len(dets)

@@ -63,6 +63,20 @@ def find_images(patterns: Sequence[str | os.PathLike],
     return list(dict.fromkeys(found))
 
 
+@contextlib.contextmanager
+def opencv_quiet() -> Iterator[None]:
+    """Silence OpenCV's own log lines for a moment (OpenCV 4 and 5 keep the switch apart)."""
+    logging = getattr(getattr(cv2, "utils", None), "logging", None)
+    get_level = getattr(logging, "getLogLevel", None) or cv2.getLogLevel
+    set_level = getattr(logging, "setLogLevel", None) or cv2.setLogLevel
+    level = get_level()
+    set_level(0)
+    try:
+        yield
+    finally:
+        set_level(level)
+
+
 def unsupported_format(data: np.ndarray) -> str | None:
     """The name of a known image format OpenCV cannot read, from the file's first bytes."""
     head = data[:16].tobytes()
@@ -85,19 +99,16 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if not data.size:
         raise UserError(f"cannot decode image {path}: the file is empty")
     image = None
-    log_level = cv2.getLogLevel()
-    cv2.setLogLevel(0)  # OpenCV's own decoder complaints: we say what went wrong in one line
     try:
-        image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
-        if image is None:  # single-channel float or 32-bit TIFFs only decode unchanged
-            image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        with opencv_quiet():  # OpenCV's own decoder complaints: we say what went wrong in one line
+            image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+            if image is None:  # single-channel float or 32-bit TIFFs only decode unchanged
+                image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     except cv2.error as err:
         if "pixels" in str(err).lower() or "size" in str(err).lower():
             raise UserError(f"cannot decode image {path}: its header claims more pixels than "
                             "OpenCV accepts (damaged, or too large)") from None
         raise UserError(f"cannot decode image {path}: {str(err).strip().splitlines()[-1]}") from None
-    finally:
-        cv2.setLogLevel(log_level)
     if image is None:
         name = unsupported_format(data)
         if name:

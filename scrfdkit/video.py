@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from .cli import UserError
-from .files import IMAGE_SUFFIXES, StagedOutputs
+from .files import IMAGE_SUFFIXES, StagedOutputs, opencv_quiet
 
 # FFmpeg's own messages about damaged frames would tear through the progress bar; we report
 # broken input ourselves. Export OPENCV_FFMPEG_LOGLEVEL=16 to see them again.
@@ -40,12 +40,8 @@ def open_capture(video: Path | None, webcam: int | None
         count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
         stem, total = video.stem, count if count > 0 else None
     else:
-        level = cv2.getLogLevel()
-        cv2.setLogLevel(0)  # silent: OpenCV's warnings about missing cameras; we say it in one line
-        try:
+        with opencv_quiet():  # OpenCV's warnings about missing cameras: we say it in one line
             capture = cv2.VideoCapture(webcam)
-        finally:
-            cv2.setLogLevel(level)
         if not capture.isOpened():
             raise UserError(f"cannot open webcam {webcam} (no such camera, or it is busy)")
         stem, total = f"webcam{webcam}", None

@@ -18,6 +18,7 @@ ARCFACE_SIZE = 112
 BLUR_MODES = ("gaussian", "pixelate")
 BLUR_MARGIN = 0.25  # each side of the box grows by this fraction: hair, ears and chin go too
 PIXELATE_BLOCKS = 8  # a pixelated face is this many blocks across
+BLUR_SIGMA = 0.1  # gaussian sigma as a fraction of the grown box: eyes and mouth merge
 
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -74,7 +75,7 @@ def anonymize(image_bgr: np.ndarray, dets: Detections, mode: str = "gaussian",
               margin: float = BLUR_MARGIN) -> np.ndarray:
     """A copy with every face (box grown by `margin`) blurred or pixelated; nothing drawn.
 
-    The blur kernel scales with the face, so a large face is as unrecognisable as a small one.
+    The blur scales with the face, so a large face is as unrecognisable as a small one.
     """
     if mode not in BLUR_MODES:
         raise ValueError(f"blur mode must be one of {BLUR_MODES}, got {mode!r}")
@@ -89,6 +90,6 @@ def anonymize(image_bgr: np.ndarray, dets: Detections, mode: str = "gaussian",
                                interpolation=cv2.INTER_AREA)
             region[:] = cv2.resize(small, (x2 - x1, y2 - y1), interpolation=cv2.INTER_NEAREST)
         else:
-            kernel = max(3, (max(x2 - x1, y2 - y1) // 3) | 1)  # odd, a third of the face
-            region[:] = cv2.GaussianBlur(region, (kernel, kernel), 0)
+            sigma = max(x2 - x1, y2 - y1) * BLUR_SIGMA
+            region[:] = cv2.GaussianBlur(region, (0, 0), sigma)  # kernel: OpenCV's 6-8 sigma
     return out

@@ -23,6 +23,11 @@ TEST_HW = (128, 160)  # small, non-square: keeps conversions fast on two cores
 CACHE = Path(os.environ.get("SCRFD_TEST_CACHE", REPO / ".cache" / "tests"))
 
 
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "inference: runs without TensorFlow, in an environment "
+                            "made from requirements-inference.txt alone (CI runs these twice)")
+
+
 def run_script(script: str, *args: str, check: bool = True, timeout: float = 900,
                cwd: Path = REPO) -> subprocess.CompletedProcess:
     """Run one of the top-level scripts as a user would; return its completed process."""

@@ -77,7 +77,7 @@ compare: exports
 	  --out results/compare/$$p --threads 1 || echo "skipped $$p"; done
 	$(RUN) evaluate_widerface.py --grid --protocol rough --wider data --out results/compare/scrfd \
 	  $(foreach f,$(FAMILIES),$(foreach hw,$(subst $(comma),x,$(SIZES)),$(foreach p,float32 float16 int8,--model models/scrfd$(f)_$(hw)_$(p).tflite)))
-	$(RUN) speed_test.py --detector $(PEERS) --threads 1 --eval-results 'results/compare/**/results.json'
+	$(RUN) compare_detectors.py --detectors $(PEERS) --threads 1 --eval-results 'results/compare/**/results.json'
 
 test: setup
 	SCRFD_SHARED=$(SHARED) $(RUN) -m pytest tests -q

@@ -1,21 +1,20 @@
-"""Other face detectors behind the same interface as detector.SCRFD, to compare against.
+"""Other face detectors behind the same interface as scrfdkit.SCRFD, to compare against.
 
 Optional: nothing else in the project imports this module, and each peer's package is
 imported only when that peer is made. A missing package or model is a UserError with a
 one-line reason, so a comparison skips that peer with a note and carries on.
 
-    from peers import PEERS, available_peers, make_detector
+    from scrfdkit.peers import PEERS, available_peers, make_detector
     det = make_detector("yunet")                    # authors' recommended operating point
     det = make_detector("yunet", evaluation=True)   # low threshold, for WIDER FACE AP
-    dets = det.detect(image_bgr)                    # detector.Detections, like SCRFD's
+    dets = det.detect(image_bgr)                    # scrfdkit.Detections, like SCRFD's
 
 Every detector has detect(), settable score_threshold / nms_threshold, timings (seconds of
 the last call), input_hw (None: runs at the image's own size), has_landmarks, backend,
-name and model_path. The SCRFD peers are detector.SCRFD objects (this project's own
+name and model_path. The SCRFD peers are scrfdkit.SCRFD objects (this project's own
 pre- and post-processing) so they differ from det_500m.onnx only by their conversion.
 
-    python peers.py                       # which peers are usable here, and why not
-    python peers.py friends.jpg crowd.jpg # faces and milliseconds per image, per peer
+    python compare_detectors.py --list    # which peers are usable here, and why not
 """
 from __future__ import annotations
 
@@ -23,7 +22,6 @@ import importlib
 import importlib.util
 import math
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -31,12 +29,17 @@ from types import ModuleType
 import cv2
 import numpy as np
 
-from detector import (DEFAULT_THREADS, SCRFD, Detections, UserError, anchor_centers, letterbox,
-                      nms, to_bgr8)
+from .cli import DEFAULT_THREADS, SHARED, UserError
+from .decode import anchor_centers, letterbox
+from .detections import Detections
+from .detector import SCRFD
+from .files import to_bgr8
+from .nms import nms
+from .runners import onnx_session, tflite_interpreter
+from .timing import Profile
 
-REPO = Path(__file__).resolve().parent
 PEERS_DIR_ENV = "SCRFD_PEERS_DIR"  # where the peers' model files are
-DEFAULT_PEERS_DIR = REPO.parent / "shared" / "models" / "peers"
+DEFAULT_PEERS_DIR = SHARED / "models" / "peers"
 BLAZEFACE_LAYERS = {  # (stride, anchors per cell); MediaPipe face_detection_*_common.pbtxt
     "short": ((8, 2), (16, 6)),  # strides [8, 16, 16, 16], interpolated scale 1: 896 anchors
     "full": ((4, 1),),  # strides [4], interpolated scale 0: 2304 anchors
@@ -184,7 +187,12 @@ class Peer:
         self.input_hw = tuple(input_hw) if input_hw else None
         self.score_threshold, self.nms_threshold = score_threshold, nms_threshold
         self.max_faces, self.threads = max_faces, threads
-        self.timings: dict[str, float] = {}
+        self.profile = Profile()
+
+    @property
+    def timings(self) -> dict[str, float]:
+        """Seconds of each stage of the last detect() call."""
+        return dict(self.profile.last)
 
     def detect(self, image_bgr: np.ndarray) -> Detections:
         if image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.dtype != np.uint8:
@@ -223,11 +231,9 @@ class BlazeFace(Peer):
 
     def __init__(self, name: str, path: Path, input_hw: tuple[int, int] | None, *args,
                  layers: tuple[tuple[int, int], ...], **kwargs):
-        from ai_edge_litert.interpreter import Interpreter
-
         super().__init__(name, path, None, *args, **kwargs)
+        self.interpreter = tflite_interpreter(path, self.threads or None)
         try:
-            self.interpreter = Interpreter(model_path=str(path), num_threads=self.threads or None)
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as err:
             raise UserError(f"cannot load {path}: {str(err).splitlines()[0]}") from None
@@ -242,26 +248,23 @@ class BlazeFace(Peer):
                                        for stride, count in layers])  # centres, in pixels
 
     def _detect(self, image: np.ndarray) -> Detections:
-        t0 = time.perf_counter()
-        canvas, scale = letterbox(image, self.input_hw)  # MediaPipe centres it; same boxes
-        tensor = cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB).astype(np.float32)[None]
-        tensor = tensor * (1 / 127.5) - 1  # MediaPipe's [-1, 1] input range
-        t1 = time.perf_counter()
-        self.interpreter.set_tensor(self.input["index"], tensor)
-        self.interpreter.invoke()
-        raw_boxes = self.interpreter.get_tensor(self.box_output)[0]
-        logits = self.interpreter.get_tensor(self.score_output)[0, :, 0]
-        t2 = time.perf_counter()
-        keep = np.flatnonzero(logits >= _logit(self.score_threshold))
-        scores = 1 / (1 + np.exp(-np.clip(logits[keep].astype(np.float64), -100, 100)))
-        centres = raw_boxes[keep, :2] + self.anchors[keep]
-        half = raw_boxes[keep, 2:4] / 2
-        boxes = np.hstack([centres - half, centres + half]) / scale
-        keep = nms(boxes, scores, self.nms_threshold)
-        dets = self._finish(boxes[keep], scores[keep])
-        self.timings = {"preprocess": t1 - t0, "inference": t2 - t1,
-                        "postprocess": time.perf_counter() - t2}
-        return dets
+        with self.profile("preprocess"):
+            canvas, scale = letterbox(image, self.input_hw)  # MediaPipe centres it; same boxes
+            tensor = cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB).astype(np.float32)[None]
+            tensor = tensor * (1 / 127.5) - 1  # MediaPipe's [-1, 1] input range
+        with self.profile("inference"):
+            self.interpreter.set_tensor(self.input["index"], tensor)
+            self.interpreter.invoke()
+            raw_boxes = self.interpreter.get_tensor(self.box_output)[0]
+            logits = self.interpreter.get_tensor(self.score_output)[0, :, 0]
+        with self.profile("postprocess"):
+            keep = np.flatnonzero(logits >= _logit(self.score_threshold))
+            scores = 1 / (1 + np.exp(-np.clip(logits[keep].astype(np.float64), -100, 100)))
+            centres = raw_boxes[keep, :2] + self.anchors[keep]
+            half = raw_boxes[keep, 2:4] / 2
+            boxes = np.hstack([centres - half, centres + half]) / scale
+            keep = nms(boxes, scores, self.nms_threshold)
+            return self._finish(boxes[keep], scores[keep])
 
 
 def _logit(p: float) -> float:
@@ -293,23 +296,20 @@ class YuNet(Peer):
                             f"{cv2.__version__}): {str(err).strip().splitlines()[-1]}") from None
 
     def _detect(self, image: np.ndarray) -> Detections:
-        t0 = time.perf_counter()
-        canvas, scale = self._fit(image)
-        short = (max(0, YUNET_MIN_SIDE - canvas.shape[0]), max(0, YUNET_MIN_SIDE - canvas.shape[1]))
-        if any(short):
-            canvas = cv2.copyMakeBorder(canvas, 0, short[0], 0, short[1], cv2.BORDER_CONSTANT)
-        t1 = time.perf_counter()
-        self.model.setInputSize((canvas.shape[1], canvas.shape[0]))
-        self.model.setScoreThreshold(float(self.score_threshold))
-        self.model.setNMSThreshold(float(self.nms_threshold))
-        faces = self.model.detect(canvas)[1]
-        t2 = time.perf_counter()
-        faces = np.zeros((0, 15), np.float32) if faces is None else faces
-        boxes = np.hstack([faces[:, :2], faces[:, :2] + faces[:, 2:4]]) / scale
-        dets = self._finish(boxes, faces[:, 14], faces[:, 4:14].reshape(-1, 5, 2) / scale)
-        self.timings = {"preprocess": t1 - t0, "inference": t2 - t1,  # inference: with NMS
-                        "postprocess": time.perf_counter() - t2}
-        return dets
+        with self.profile("preprocess"):
+            canvas, scale = self._fit(image)
+            short = (max(0, YUNET_MIN_SIDE - canvas.shape[0]), max(0, YUNET_MIN_SIDE - canvas.shape[1]))
+            if any(short):
+                canvas = cv2.copyMakeBorder(canvas, 0, short[0], 0, short[1], cv2.BORDER_CONSTANT)
+        with self.profile("inference"):  # with OpenCV's own decoding and NMS
+            self.model.setInputSize((canvas.shape[1], canvas.shape[0]))
+            self.model.setScoreThreshold(float(self.score_threshold))
+            self.model.setNMSThreshold(float(self.nms_threshold))
+            faces = self.model.detect(canvas)[1]
+        with self.profile("postprocess"):
+            faces = np.zeros((0, 15), np.float32) if faces is None else faces
+            boxes = np.hstack([faces[:, :2], faces[:, :2] + faces[:, 2:4]]) / scale
+            return self._finish(boxes, faces[:, 14], faces[:, 4:14].reshape(-1, 5, 2) / scale)
 
 
 class Haar(Peer):
@@ -331,28 +331,25 @@ class Haar(Peer):
             raise UserError(f"cannot load {path} as an OpenCV cascade")
 
     def _detect(self, image: np.ndarray) -> Detections:
-        t0 = time.perf_counter()
-        canvas, scale = self._fit(image)
-        gray = cv2.equalizeHist(cv2.cvtColor(canvas, cv2.COLOR_BGR2GRAY))
-        t1 = time.perf_counter()
+        with self.profile("preprocess"):
+            canvas, scale = self._fit(image)
+            gray = cv2.equalizeHist(cv2.cvtColor(canvas, cv2.COLOR_BGR2GRAY))
         threshold = float(self.score_threshold)
-        windows = math.ceil(threshold / (1 - threshold) - 1e-9) if threshold < 1 else math.inf
-        rects, counts = (), ()
-        if windows < math.inf:  # groups of n >= windows, and never ungrouped (minNeighbors 0)
-            rects, counts = self.model.detectMultiScale2(
-                gray, scaleFactor=HAAR_SCALE_FACTOR, minNeighbors=max(1, windows - 1))
-        t2 = time.perf_counter()
-        rects = np.asarray(rects, np.float32).reshape(-1, 4)
-        n = np.asarray(counts, np.float64).reshape(-1)
-        boxes = np.hstack([rects[:, :2], rects[:, :2] + rects[:, 2:]]) / scale
-        scores = n / (n + 1)
-        keep = np.flatnonzero(scores >= threshold)
-        if self.nms_threshold is not None:
-            keep = keep[nms(boxes[keep], scores[keep], self.nms_threshold)]
-        dets = self._finish(boxes[keep], scores[keep])
-        self.timings = {"preprocess": t1 - t0, "inference": t2 - t1,
-                        "postprocess": time.perf_counter() - t2}
-        return dets
+        with self.profile("inference"):
+            windows = math.ceil(threshold / (1 - threshold) - 1e-9) if threshold < 1 else math.inf
+            rects, counts = (), ()
+            if windows < math.inf:  # groups of n >= windows, and never ungrouped (minNeighbors 0)
+                rects, counts = self.model.detectMultiScale2(
+                    gray, scaleFactor=HAAR_SCALE_FACTOR, minNeighbors=max(1, windows - 1))
+        with self.profile("postprocess"):
+            rects = np.asarray(rects, np.float32).reshape(-1, 4)
+            n = np.asarray(counts, np.float64).reshape(-1)
+            boxes = np.hstack([rects[:, :2], rects[:, :2] + rects[:, 2:]]) / scale
+            scores = n / (n + 1)
+            keep = np.flatnonzero(scores >= threshold)
+            if self.nms_threshold is not None:
+                keep = keep[nms(boxes[keep], scores[keep], self.nms_threshold)]
+            return self._finish(boxes[keep], scores[keep])
 
 
 class InsightFace(Peer):
@@ -367,14 +364,9 @@ class InsightFace(Peer):
     def __init__(self, name: str, path: Path, *args, **kwargs):
         super().__init__(name, path, *args, **kwargs)
         scrfd = _import(name, PEERS[name], "insightface.model_zoo.scrfd")
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if self.threads:  # InsightFace's sessions per input size copy these options
-            options.intra_op_num_threads, options.inter_op_num_threads = self.threads, 1
+        # InsightFace's sessions per input size copy this session's options (threads)
+        session = onnx_session(path, self.threads)
         try:
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             self.model = scrfd.SCRFD(model_file=str(path), session=session)
         except Exception as err:  # onnxruntime and InsightFace raise their own types
             raise UserError(f"cannot load {path} with InsightFace: "
@@ -385,13 +377,11 @@ class InsightFace(Peer):
         self.input_hw = fixed[::-1] if fixed else (self.input_hw or (640, 640))
 
     def _detect(self, image: np.ndarray) -> Detections:
-        t0 = time.perf_counter()
-        self.model.nms_thresh = float(self.nms_threshold)
-        det, kps = self.model.detect(image, input_size=self.input_hw[::-1],
-                                     det_thresh=float(self.score_threshold))
-        dets = self._finish(det[:, :4], det[:, 4], None if kps is None else kps.reshape(-1, 5, 2))
-        self.timings = {"inference": time.perf_counter() - t0}
-        return dets
+        with self.profile("inference"):
+            self.model.nms_thresh = float(self.nms_threshold)
+            det, kps = self.model.detect(image, input_size=self.input_hw[::-1],
+                                         det_thresh=float(self.score_threshold))
+            return self._finish(det[:, :4], det[:, 4], None if kps is None else kps.reshape(-1, 5, 2))
 
 
 class SCRFDPeer(SCRFD):
@@ -433,58 +423,10 @@ def make_detector(name: str, *, evaluation: bool = False,
     return RUNNERS[spec.kind](name, path, size, score, nms_t, max_faces, threads, **kwargs)
 
 
-# ----------------------------------------------------------------------------- command line
-def main() -> int:
-    """List the peers and whether they run here; with images, faces and time per image."""
-    import argparse
-
-    from detector import find_images, read_image
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("images", nargs="*", help="images (files, folders or globs) to run on")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeat", type=int, default=5, help="timed runs per image (median)")
-    parser.add_argument("--peers-dir", help=f"peer models folder (default ${PEERS_DIR_ENV} or "
-                                            f"{DEFAULT_PEERS_DIR})")
-    parser.add_argument("--settings", action="store_true",
-                        help="print every peer's input size and thresholds as a markdown table "
-                             "(the README's) and exit")
-    args = parser.parse_args()
-    if args.settings:
-        print("| Detector | What | Input | Score | NMS IoU | Evaluation score / NMS | Source |")
-        print("| --- | --- | --- | ---: | ---: | --- | --- |")
-        for name, spec in PEERS.items():
-            size = "x".join(map(str, spec.input_hw)) if spec.input_hw else "image size"
-            nms_text = lambda v: "own grouping" if v is None else f"{v:g}"  # noqa: E731
-            print(f"| {name} | {spec.description} | {size} | {spec.score_threshold:g} | "
-                  f"{nms_text(spec.nms_threshold)} | {spec.eval_score_threshold:g} / "
-                  f"{nms_text(spec.eval_nms_threshold)} | {spec.source} |")
-        return 0
-    images = [(p.name, read_image(p)) for p in find_images(args.images)] if args.images else []
-    for name, reason in available_peers(args.peers_dir):
-        spec = PEERS[name]
-        size = "x".join(map(str, spec.input_hw)) if spec.input_hw else "image"
-        try:
-            if reason:
-                raise UserError(reason)
-            det = make_detector(name, threads=args.threads, peers_folder=args.peers_dir)
-        except UserError as err:
-            print(f"{name:18} skipped: {str(err).removeprefix(name + ': ')}")
-            continue
-        results = []
-        for image_name, image in images:
-            det.detect(image)  # warm-up
-            seconds = []
-            for _ in range(max(1, args.repeat)):
-                start = time.perf_counter()
-                faces = len(det.detect(image))
-                seconds.append(time.perf_counter() - start)
-            results.append(f"{image_name}: {faces} faces {1000 * float(np.median(seconds)):.1f} ms")
-        print(f"{name:18} {size:8} score {spec.score_threshold:g}  " + "  ".join(results))
-    return 0
-
-
-if __name__ == "__main__":
-    from detector import cli
-
-    cli(main)
+def open_detector(kind: str, target: str, threads: int | None = DEFAULT_THREADS,
+                  peers_folder: str | os.PathLike | None = None):
+    """A ready detector to compare: a peer by name (kind "peer", at its authors' operating
+    point) or an SCRFD model file (kind "scrfd", at InsightFace's 0.5 / 0.4)."""
+    if kind == "peer":
+        return make_detector(target, threads=threads, peers_folder=peers_folder)
+    return SCRFD(target, threads=threads)

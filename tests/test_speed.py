@@ -1,8 +1,11 @@
-"""speed_test.py: graph analysis numbers, the timing run's outputs, and bad input. No timing is asserted."""
+"""speed_test.py and its library parts: model statistics, the timing run's outputs, the op
+profile, memory probes, and bad input. No timing is asserted."""
 from __future__ import annotations
 
 import csv
+import gc
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,8 +14,9 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from conftest import SAMPLES, TEST_HW, run_script
-import speed_test
+from conftest import REPO, SAMPLES, TEST_HW, run_script
+from scrfdkit import backends, memory_probe, model_stats, speed, timing
+from scrfdkit.files import sha256_of
 
 # det_500m at 128x160: multiply-adds of its 60 convolutions (sum over convs of output elements x
 # Cin/group x kh x kw), the same in ONNX and TFLite, 1/20 of the 640x640 count (FLOPs of a fully
@@ -20,6 +24,7 @@ import speed_test
 # also counted the bias adds (2 x MACs + conv outputs = 74.128 M).
 DET500M_MACS_128x160 = 36_677_280
 ORIGINAL_FLOPS_128x160 = 74.189e6  # the original project's README
+QUICK = ("--threads", "1", "--repeat", "1", "--iters", "1", "--no-rss", "--rss-command", "none")
 
 
 def float_initializer_count(path: Path) -> int:
@@ -28,11 +33,12 @@ def float_initializer_count(path: Path) -> int:
                if numpy_helper.to_array(t).dtype.kind == "f")
 
 
-def test_onnx_analysis_counts(fixed_onnx):
-    graph = speed_test.load_graph(fixed_onnx, None)
+# ----------------------------------------------------------------------------- model statistics
+def test_onnx_statistics_counts(fixed_onnx):
+    graph = model_stats.load_graph(fixed_onnx, None)
     stem = next(op for op in graph.ops if op[0] == "Conv")  # 3x3/2, 3 -> 16 channels
-    assert speed_test.op_macs(graph, *stem) == (TEST_HW[0] // 2) * (TEST_HW[1] // 2) * 16 * 27
-    info = speed_test.analyze(graph)
+    assert model_stats.op_macs(graph, *stem) == (TEST_HW[0] // 2) * (TEST_HW[1] // 2) * 16 * 27
+    info = model_stats.model_statistics(graph)
     assert info["input_shape"] == [1, 3, *TEST_HW]
     assert info["macs"] == DET500M_MACS_128x160 and info["flops"] == 2 * DET500M_MACS_128x160
     assert abs(info["flops"] / ORIGINAL_FLOPS_128x160 - 1) < 0.012  # see the report: bias adds
@@ -44,24 +50,42 @@ def test_onnx_analysis_counts(fixed_onnx):
     assert info["peak_activation_bytes"] < 50e6
 
 
-def test_dynamic_onnx_scales_with_pixels(det500m_onnx):
-    """The dynamic model needs a run to see its shapes; MACs grow exactly with the pixel count."""
-    small = speed_test.analyze(speed_test.load_graph(det500m_onnx, TEST_HW))
-    large = speed_test.analyze(speed_test.load_graph(det500m_onnx, (2 * TEST_HW[0], 2 * TEST_HW[1])))
-    assert small["macs"] == DET500M_MACS_128x160 and large["macs"] == 4 * small["macs"]
+def test_dynamic_onnx_flops_scale_with_pixels(det500m_onnx):
+    """The dynamic model needs a run to see its shapes; FLOPs grow exactly with the pixel count."""
+    small = model_stats.model_flops(det500m_onnx, TEST_HW)
+    assert small == 2 * DET500M_MACS_128x160
+    assert model_stats.model_flops(det500m_onnx, (2 * TEST_HW[0], 2 * TEST_HW[1])) == 4 * small
 
 
-def test_tflite_analysis_agrees_with_onnx(tflite_float32, tflite_int8, fixed_onnx):
-    reference = speed_test.analyze(speed_test.load_graph(fixed_onnx, None))
+def test_model_flops_imports_without_tensorflow(det500m_onnx):
+    code = ("import sys; from pathlib import Path; from scrfdkit.model_stats import model_flops; "
+            f"print(model_flops(Path({str(det500m_onnx)!r}), (128, 160))); "
+            "assert 'tensorflow' not in sys.modules")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert int(proc.stdout.split()[-1]) == 2 * DET500M_MACS_128x160
+
+
+def test_damaged_model_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"not a protobuf at all")
+    with pytest.raises(model_stats.ModelStatsError, match="cannot read") as err:
+        model_stats.model_flops(bad, TEST_HW)
+    assert "\n" not in str(err.value)
+
+
+def test_tflite_statistics_agree_with_onnx(tflite_float32, tflite_int8, fixed_onnx):
+    reference = model_stats.model_statistics(model_stats.load_graph(fixed_onnx, None))
     for path in (tflite_float32, tflite_int8):
-        info = speed_test.analyze(speed_test.load_graph(path, None))
+        info = model_stats.model_statistics(model_stats.load_graph(path, None))
         assert info["macs"] == reference["macs"]
         assert abs(info["params"] / reference["params"] - 1) < 1e-3, path  # int8 shares no biases
-        coverage = speed_test.xnnpack_coverage(path, None)
+        coverage = model_stats.xnnpack_coverage(path, None)
         assert 0 < coverage["delegated"] <= coverage["ops"] == info["ops"]
         assert sum(coverage["fallback"].values()) == coverage["ops"] - coverage["delegated"]
         assert coverage["partitions"] >= 1
-    int8 = speed_test.analyze(speed_test.load_graph(tflite_int8, None))
+    int8 = model_stats.model_statistics(model_stats.load_graph(tflite_int8, None))
     assert "int8" in int8["weight_bytes"] and int8["file_bytes"] < reference["file_bytes"]
 
 
@@ -75,8 +99,11 @@ def test_analyze_cli_prints_flops_and_memory(fixed_onnx, tflite_float32, tmp_pat
     assert "XNNPACK             takes" in out
     assert "cannot analyse: cannot read" in out and str(bad) in out  # and the others still ran
     assert out.count("peak RSS") == 2
+    alone = run_script("speed_test.py", "--analyze", bad, check=False)
+    assert alone.returncode == 2 and alone.stderr == "error: no model could be analysed (see the messages above)\n"
 
 
+# ----------------------------------------------------------------------------- timing run
 def test_timing_run_writes_every_field(fixed_onnx, tflite_float32, tflite_int8, tmp_path):
     paths = {k: tmp_path / f"speed.{k}" for k in ("json", "csv", "md")}
     proc = run_script("speed_test.py", "--models", fixed_onnx, tflite_float32, tflite_int8,
@@ -97,15 +124,38 @@ def test_timing_run_writes_every_field(fixed_onnx, tflite_float32, tflite_int8, 
         assert row["samples"] == 6 and row["rounds"] == 3 and row["device"] == "CPU"
         assert row["tensorflow_imported"] is False
         assert "onnxruntime" in row["env_versions"] and "ai-edge-litert" in row["env_versions"]
+        stages = sum(row[f"e2e_{s}_ms"] for s in ("read", "preprocess", "inference", "decode", "nms"))
+        assert stages <= row["e2e_total_ms"] * 1.5  # medians of parts against the median whole
     assert {r["precision"] for r in rows} == {"float32", "int8"}
     names = {r["ratio"] for r in result["ratios"]}
     assert names == {"LiteRT float32 / ONNX Runtime float32", "LiteRT int8 / LiteRT float32"}
+    assert result["model_statistics"] and "measurements" in result
     with open(paths["csv"]) as handle:
         assert len(list(csv.DictReader(handle))) == 3
     table = paths["md"].read_text()
     assert "| Model | Input | Precision | Backend |" in table and "LiteRT float32 / ONNX" in table
     assert "no speed-accuracy plot" in proc.stdout
     assert "GPU: none usable here" in proc.stdout  # this machine has none; say so
+    for text in (proc.stdout, table):
+        assert "target" not in text.lower() and " met" not in text
+
+
+def test_key_measurements_are_plain_numbers():
+    """The README's numbers: ratio with its per-round range, pre+post share, RSS; no verdicts."""
+    ratios = [{"family": "det_500m", "input": "640x640", "threads": 1,
+               "ratio": "LiteRT float32 / ONNX Runtime float32", "value": 0.9, "round_min": 0.8,
+               "round_max": 1.1, "cpu": {"value": 0.85}}]
+    rows = [{"family": "det_500m", "input": "640x640", "precision": "float32", "threads": 1,
+             "device": "CPU", "backend_label": "LiteRT", "prepost_ratio": 0.1, "e2e_candidates": 5000,
+             "e2e_kept": 40, "e2e_preprocess_ms": 1.0, "e2e_decode_ms": 1.5, "e2e_nms_ms": 0.5,
+             "e2e_inference_ms": 30.0, "e2e_read_ms": 4.0}]
+    command = {"command": "python scrfd.py", "peak_rss": 111e6, "exit_code": 0,
+               "tensorflow_imported": False}
+    lines = speed.key_measurements(rows, ratios, command, Path("crowd.jpg"), 0.02)
+    assert lines[0].endswith("0.90x (per round 0.80–1.10x; CPU time 0.85x)")
+    assert "10.0% = (preprocess 1.0 + decode 1.5 + NMS 0.5 ms) / inference 30.0 ms" in lines[1]
+    assert lines[2] == "peak RSS of `python scrfd.py`: 111 MB; TensorFlow imported: no"
+    assert not any("target" in line or "met" in line.split() for line in lines)
 
 
 def test_missing_backend_and_bad_model_leave_other_rows(tflite_float32, fixed_onnx, tmp_path,
@@ -116,9 +166,8 @@ def test_missing_backend_and_bad_model_leave_other_rows(tflite_float32, fixed_on
     monkeypatch.setenv("PYTHONPATH", str(fake))
     bad = tmp_path / "broken.tflite"
     bad.write_bytes(b"\0" * 64)
-    proc = run_script("speed_test.py", "--models", fixed_onnx, tflite_float32, bad, "--threads", "1",
-                      "--backends", "litert,onnxruntime", "--repeat", "1", "--iters", "1",
-                      "--no-rss", "--rss-command", "none", "--json", tmp_path / "r.json",
+    proc = run_script("speed_test.py", "--models", fixed_onnx, tflite_float32, bad, *QUICK,
+                      "--backends", "litert,onnxruntime", "--json", tmp_path / "r.json",
                       "--image", SAMPLES / "friends.jpg")
     assert "ONNX Runtime is not installed" in proc.stdout
     assert "cannot analyse" in proc.stdout and "broken.tflite" in proc.stdout
@@ -128,22 +177,19 @@ def test_missing_backend_and_bad_model_leave_other_rows(tflite_float32, fixed_on
 
 
 def test_gpu_backend_absent_is_reported_not_faked(tflite_float32, fixed_onnx, tmp_path):
-    proc = run_script("speed_test.py", "--models", fixed_onnx, tflite_float32, "--threads", "1",
+    if backends.gpu_status()["onnxruntime-cuda"] is None:
+        pytest.skip("this machine has a CUDA provider")
+    proc = run_script("speed_test.py", "--models", fixed_onnx, tflite_float32, *QUICK,
                       "--backends", "onnxruntime,onnxruntime-cuda,litert-gpu,litert",
-                      "--repeat", "1", "--iters", "1", "--no-rss", "--rss-command", "none",
                       "--json", tmp_path / "r.json", "--image", SAMPLES / "friends.jpg")
     rows = json.loads((tmp_path / "r.json").read_text())["rows"]
-    gpu_rows = [r for r in rows if r["backend"] in speed_test.GPU_BACKENDS]
-    if speed_test.gpu_status()["onnxruntime-cuda"] is None:
-        pytest.skip("this machine has a CUDA provider")
+    gpu_rows = [r for r in rows if r["backend"] in backends.GPU_BACKENDS]
     assert gpu_rows and all("median_ms" not in r and r["error"] for r in gpu_rows)
     assert "skipped det_500m_128x160.onnx [onnxruntime-cuda" in proc.stdout
     assert {r["backend"] for r in rows if "median_ms" in r} == {"onnxruntime", "litert"}
 
 
 def test_speed_accuracy_plot_from_results_json(tflite_float32, tmp_path):
-    from detector import sha256_of
-
     for name, digest in (("m", sha256_of(tflite_float32)), ("other_export", "0" * 64)):
         evaluation = tmp_path / "eval" / name  # same model, size and precision; only m is this file
         evaluation.mkdir(parents=True)
@@ -154,37 +200,81 @@ def test_speed_accuracy_plot_from_results_json(tflite_float32, tmp_path):
     (tmp_path / "eval" / "junk").mkdir()
     (tmp_path / "eval" / "junk" / "results.json").write_text("{}")
     plot = tmp_path / "plot.png"
-    proc = run_script("speed_test.py", "--models", tflite_float32, "--threads", "1", "--repeat", "1",
-                      "--iters", "1", "--no-rss", "--rss-command", "none", "--json", tmp_path / "r.json",
+    proc = run_script("speed_test.py", "--models", tflite_float32, *QUICK, "--json", tmp_path / "r.json",
                       "--eval-results", tmp_path / "eval", "--plot", plot)
     assert f"wrote the speed-accuracy plot {plot} (1 points)" in proc.stdout
     assert plot.stat().st_size > 1000 and "has no model path" in proc.stderr
 
 
+# ----------------------------------------------------------------------------- bad options
+@pytest.mark.parametrize("args, message", [
+    (("--threads", "0"), "--threads"), (("--threads", "1,x"), "--threads"),
+    (("--repeat", "0"), "--repeat"), (("--iters", "-2"), "--iters"),
+    (("--score", "1.5"), "--score"), (("--backends", "tpu"), "unknown backend 'tpu'"),
+])
+def test_bad_options_are_one_line_errors(args, message, tflite_float32, tmp_path):
+    proc = run_script("speed_test.py", "--models", tflite_float32, "--json", tmp_path / "r.json",
+                      *args, check=False)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ")
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_unreadable_image_and_unwritable_json_fail_before_timing(tflite_float32, tmp_path):
+    text = tmp_path / "notes.jpg"
+    text.write_text("not a photo\n")
+    for args, message in ((("--image", text), "cannot decode image"),
+                          (("--json", "/proc/speed/r.json"), "not writable"),
+                          (("--json", tmp_path), "is a folder"),
+                          (("--markdown", tflite_float32), "is one of the inputs")):
+        proc = run_script("speed_test.py", "--models", tflite_float32, *args, check=False)
+        assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr)
+        assert proc.stderr.count("\n") == 1 and "timing" not in proc.stdout
+
+
+def test_damaged_model_alone_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"\x08\x01garbage")
+    proc = run_script("speed_test.py", "--models", bad, *QUICK, "--json", tmp_path / "r.json",
+                      check=False)
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: nothing could be timed (see the messages above)"
+    assert "Traceback" not in proc.stdout + proc.stderr and not (tmp_path / "r.json").exists()
+
+
+# ----------------------------------------------------------------------------- library parts
+def test_interleaved_rounds_alternate_order_with_gc_off():
+    seen, gc_enabled = [], []
+
+    def block(name: str) -> None:
+        seen.append(name)
+        gc_enabled.append(gc.isenabled())
+
+    timing.interleaved_rounds(["a", "b", "c"], 3, block)
+    assert seen == ["a", "b", "c", "c", "b", "a", "a", "b", "c"]
+    assert not any(gc_enabled) and gc.isenabled()
+
+
+def test_latency_summary_and_paired_ratio():
+    rounds = [[0.010, 0.012], [0.020, 0.022]]
+    summary = timing.latency_summary(rounds)
+    assert summary["samples"] == 4 and summary["rounds"] == 2
+    assert summary["round_median_min_ms"] == pytest.approx(11.0)
+    assert summary["round_median_max_ms"] == pytest.approx(21.0)
+    assert summary["median_ms"] == pytest.approx(16.0)
+    ratio = timing.paired_ratio([[2.0], [3.0]], [[1.0], [2.0]])
+    assert ratio == {"value": pytest.approx(1.75), "round_min": 1.5, "round_max": 2.0}
+
+
 def test_command_memory_sees_tensorflow(tmp_path, monkeypatch):
     """The scrfd.py check: peak RSS of any command and whether it imported TensorFlow."""
-    clean = speed_test.command_memory(f"{sys.executable} -c 'import numpy'")
+    clean = memory_probe.command_memory(f"{sys.executable} -c 'import numpy'")
     assert clean["exit_code"] == 0 and not clean["tensorflow_imported"]
     assert 5e6 < clean["peak_rss"] < 150e6  # the child alone, not this (large) test process
     (tmp_path / "tensorflow").mkdir()
     (tmp_path / "tensorflow" / "__init__.py").write_text("")
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
-    dirty = speed_test.command_memory(f"{sys.executable} -c 'import tensorflow'")
+    dirty = memory_probe.command_memory(f"{sys.executable} -c 'import tensorflow'")
     assert dirty["tensorflow_imported"]
-
-
-def test_pareto_front_marks_undominated_detectors():
-    rows = [{"detector": "fast", "median_ms": 5.0, "hard": 20.0},
-            {"detector": "slow_bad", "median_ms": 50.0, "hard": 15.0},
-            {"detector": "mid", "median_ms": 20.0, "hard": 60.0},
-            {"detector": "slow_good", "median_ms": 90.0, "hard": 75.0},
-            {"detector": "tie_slower", "median_ms": 25.0, "hard": 60.0},
-            {"detector": "no_eval", "median_ms": 1.0, "hard": None}]
-    speed_test.mark_pareto(rows)
-    front = {r["detector"]: r.get("pareto") for r in rows}
-    assert front == {"fast": True, "slow_bad": False, "mid": True, "slow_good": True,
-                     "tie_slower": False, "no_eval": None}
-    assert rows[1]["beaten_by"] in ("fast", "mid") and rows[4]["beaten_by"] == "mid"
 
 
 def test_profile_ops_times_every_op_by_kind(tflite_float32, tflite_int8, fixed_onnx, tmp_path):

@@ -1,0 +1,257 @@
+"""SCRFD against other face detectors: every detector's whole detect() timed side by side,
+beside its WIDER FACE AP, with the Pareto front of speed and Hard AP.
+
+The peers (scrfdkit/peers.py: BlazeFace, YuNet, Haar, the seed and third-party TFLite
+conversions, InsightFace's own SCRFD) and this project's SCRFD exports each run at the input
+size and thresholds their authors recommend, interleaved round by round on the same photos.
+APs come from evaluate_widerface.py's results.json files (matched by model sha256 or detector
+name); writes compare.md, compare.csv and compare.png.
+
+    python compare_detectors.py                                # every peer and every TFLite export in models/
+    python compare_detectors.py --detectors yunet blazeface_full --models models/scrfd500m_640x640_float32.tflite
+    python compare_detectors.py --list --image data/friends.jpg   # which peers run here; faces and ms per image
+    python compare_detectors.py --settings                     # the peers' input sizes and thresholds (README table)
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from scrfdkit.cli import (DATA_DIR, MODELS_DIR, RESULTS_DIR, SHARED, ArgumentParser, UserError, cli,
+                          parse_hw, positive_int)
+from scrfdkit.comparison import (ROUGH_KEY, comparison_table, eval_index, mark_pareto,
+                                 plot_comparison)
+from scrfdkit.files import check_output_folder, find_images, read_image, sha256_of
+from scrfdkit.memory_probe import detector_memory
+from scrfdkit.model_grid import GRID_SIZES, expand_models, grid_models
+from scrfdkit.peers import PEERS, DEFAULT_PEERS_DIR, PEERS_DIR_ENV, available_peers, open_detector
+from scrfdkit.speed import csv_rows
+from scrfdkit.tables import markdown_table, write_csv, write_markdown
+from scrfdkit.timing import environment, interleaved_rounds, latency_summary, time_calls
+
+DEFAULT_OUT = RESULTS_DIR / "compare"  # compare.md, compare.csv, compare.png
+DEFAULT_EVAL = "results/**/results.json"  # evaluate_widerface.py runs to take the APs from
+DEFAULT_REPEAT = 10  # interleaved rounds of the comparison
+LIST_REPEAT = 5  # timed runs per image with --list
+COMPARE_PHOTOS = 8  # WIDER val photos (spread over the folder) the detectors are timed on
+FALLBACK_PHOTOS = (DATA_DIR / "crowd_selfie.jpg", SHARED / "samples" / "crowd_selfie.jpg")
+MB = 1e6
+
+
+@dataclass
+class Entry:
+    """One detector in the comparison: a peer (by name) or an SCRFD model file."""
+
+    kind: str  # "peer" or "scrfd"
+    target: str  # peer name or model path
+    detector: object = None
+    seconds: list[float] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return self.target if self.kind == "peer" else Path(self.target).stem
+
+    def files(self) -> list[Path]:
+        """What the detector loads from disk (its size is the model size)."""
+        if self.kind == "scrfd":
+            return [Path(self.target)]
+        return [Path(self.detector.model_path)] if getattr(self.detector, "model_path", None) else []
+
+
+def parse_args() -> argparse.Namespace:
+    parser = ArgumentParser(__doc__)
+    parser.add_argument("--detectors", nargs="+", default=["all"], metavar="NAME",
+                        help=f"peers to compare: all (default) or names from {', '.join(PEERS)}")
+    parser.add_argument("--models", nargs="+", default=None, metavar="MODEL",
+                        help="SCRFD model files or globs to compare (default: every TFLite export "
+                             "of the README tables found in --models-dir)")
+    parser.add_argument("--models-dir", type=Path, default=MODELS_DIR,
+                        help="where the default SCRFD exports live (default models/)")
+    parser.add_argument("--hw", type=parse_hw, nargs="+", default=None, metavar="H,W",
+                        help="only the default exports of these sizes (default all four)")
+    parser.add_argument("--image", type=Path, default=None,
+                        help=f"photo or folder to time on (default {COMPARE_PHOTOS} WIDER val photos "
+                             "spread over the folder, the images the APs come from)")
+    parser.add_argument("--threads", type=positive_int, default=1,
+                        help="CPU threads of every detector (default 1)")
+    parser.add_argument("--repeat", type=positive_int, default=None,
+                        help=f"interleaved rounds (default {DEFAULT_REPEAT}); with --list, timed "
+                             f"runs per image (default {LIST_REPEAT})")
+    parser.add_argument("--eval-results", default=DEFAULT_EVAL,
+                        help=f"evaluate_widerface.py results.json files (glob or folder) to take "
+                             f"the APs from (default {DEFAULT_EVAL})")
+    parser.add_argument("--no-rss", action="store_true",
+                        help="skip the fresh-process peak-RSS measurement of every detector")
+    parser.add_argument("--peers-dir", type=Path, default=None,
+                        help=f"peer models folder (default ${PEERS_DIR_ENV} or {DEFAULT_PEERS_DIR})")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help="where compare.md, compare.csv and compare.png go (default results/compare)")
+    parser.add_argument("--list", action="store_true",
+                        help="only list the peers and whether they run here (with --image: faces "
+                             "found and median ms per image) and exit")
+    parser.add_argument("--settings", action="store_true",
+                        help="only print every peer's input size and thresholds as a markdown "
+                             "table (the README's) and exit")
+    return parser.parse_args()
+
+
+def choose_photos(image: Path | None) -> list[tuple[Path, np.ndarray]]:
+    """--image (a file or folder), else COMPARE_PHOTOS WIDER val photos spread over the folder,
+    else the sample photo; unreadable ones are noted and left out."""
+    if image is not None:
+        paths = find_images([image])
+    else:
+        wider = SHARED / "widerface" / "WIDER_val" / "images"
+        paths = find_images([wider]) if wider.is_dir() else []
+        if paths:
+            picks = np.linspace(0, len(paths) - 1, min(COMPARE_PHOTOS, len(paths))).round().astype(int)
+            paths = [paths[i] for i in dict.fromkeys(picks)]
+        else:
+            paths = [p for p in FALLBACK_PHOTOS if p.is_file()][:1]
+    photos = []
+    for path in paths:
+        try:
+            photos.append((path, read_image(path)))
+        except UserError as err:
+            print(f"skipped photo: {err}")
+    if not photos:
+        raise UserError("no readable photo to time the detectors on: give --image")
+    return photos
+
+
+def open_entries(names: list[str], models: list[Path], threads: int, peers_dir: Path | None) -> list[Entry]:
+    entries = [Entry("peer", n) for n in names] + [Entry("scrfd", str(m)) for m in models]
+    live = []
+    for entry in entries:
+        try:
+            entry.detector = open_detector(entry.kind, entry.target, threads, peers_dir)
+            live.append(entry)
+        except UserError as err:
+            print(f"skipped {entry.label}: {err}")
+    if not live:
+        raise UserError("no detector could be loaded (see the messages above)")
+    return live
+
+
+def time_entries(live: list[Entry], images: list[np.ndarray], repeat: int) -> None:
+    """Every detector's detect() on every photo, detectors interleaved round by round."""
+    for entry in live:
+        for image in images[:2]:
+            entry.detector.detect(image)  # warm-up
+
+    def block(entry: Entry) -> None:
+        for image in images:
+            entry.seconds += time_calls(lambda: entry.detector.detect(image), 1)[0]
+
+    interleaved_rounds(live, repeat, block,
+                       lambda i: print(f"  round {i + 1}/{repeat} done", flush=True))
+
+
+def entry_row(entry: Entry, threads: int, results: dict[str, dict]) -> dict:
+    """One table row: what the detector is, its latency and size, its APs when evaluated."""
+    det, files = entry.detector, entry.files()
+    hw = getattr(det, "input_hw", None)
+    latency = latency_summary([entry.seconds])
+    row = {"detector": entry.label, "kind": entry.kind,
+           "input": f"{hw[0]}x{hw[1]}" if hw else "image size",
+           "precision": det.runner.precision if entry.kind == "scrfd" else PEERS[entry.target].description,
+           "score_threshold": det.score_threshold, "nms_threshold": det.nms_threshold,
+           "threads": threads, "median_ms": latency["median_ms"], "p90_ms": latency["p90_ms"],
+           "size_mb": sum(f.stat().st_size for f in files if f.is_file()) / MB if files else None}
+    result = results.get(sha256_of(files[0]) if entry.kind == "scrfd" and files else entry.target)
+    if result:
+        row.update({s: 100 * float(result[s]) for s in ("easy", "medium", "hard")})
+        rough = (result.get("rough") or {}).get(ROUGH_KEY[0], {}).get(ROUGH_KEY[1])
+        row["rough_ap"] = 100 * rough["ap"] if rough else None
+        row["eval"] = result["file"]
+    return row
+
+
+def list_peers(args: argparse.Namespace) -> int:
+    """--list: every peer, usable here or why not; with --image, faces and median ms per image."""
+    images = [(p.name, image) for p, image in choose_photos(args.image)] if args.image else []
+    for name, reason in available_peers(args.peers_dir):
+        spec = PEERS[name]
+        size = "x".join(map(str, spec.input_hw)) if spec.input_hw else "image"
+        try:
+            if reason:
+                raise UserError(reason)
+            det = open_detector("peer", name, args.threads, args.peers_dir)
+        except UserError as err:
+            print(f"{name:18} skipped: {str(err).removeprefix(name + ': ')}")
+            continue
+        results = []
+        for image_name, image in images:
+            faces = len(det.detect(image))  # also the warm-up
+            seconds = time_calls(lambda: det.detect(image), args.repeat or LIST_REPEAT)[0]
+            results.append(f"{image_name}: {faces} faces {1000 * float(np.median(seconds)):.1f} ms")
+        print(f"{name:18} {size:8} score {spec.score_threshold:g}  " + "  ".join(results))
+    return 0
+
+
+def settings_table() -> list[str]:
+    """--settings: every peer's input size and thresholds, and where they come from."""
+    nms_text = lambda v: "own grouping" if v is None else f"{v:g}"  # noqa: E731
+    rows = [[name, spec.description, "x".join(map(str, spec.input_hw)) if spec.input_hw else "image size",
+             f"{spec.score_threshold:g}", nms_text(spec.nms_threshold),
+             f"{spec.eval_score_threshold:g} / {nms_text(spec.eval_nms_threshold)}", spec.source]
+            for name, spec in PEERS.items()]
+    return markdown_table(["Detector", "What", "Input", "Score", "NMS IoU", "Evaluation score / NMS",
+                           "Source"], rows, left=3)
+
+
+def main() -> int:
+    args = parse_args()
+    if args.settings:
+        print("\n".join(settings_table()))
+        return 0
+    if args.list:
+        return list_peers(args)
+    names = list(PEERS) if "all" in args.detectors else args.detectors
+    unknown = [n for n in names if n not in PEERS]
+    if unknown:
+        raise UserError(f"unknown detector {unknown[0]!r}; choose from all, {', '.join(PEERS)}")
+    check_output_folder(args.out, "--out")
+    models = expand_models(args.models) if args.models else [
+        m for m in grid_models(args.models_dir, args.hw or list(GRID_SIZES))[0] if m.suffix == ".tflite"]
+    photos = choose_photos(args.image)
+    repeat = args.repeat or DEFAULT_REPEAT
+    env = environment()
+
+    live = open_entries(names, models, args.threads, args.peers_dir)
+    print(f"\ntiming {len(live)} detectors' detect() on {len(photos)} photo(s), {args.threads} thread(s), "
+          f"{repeat} rounds, interleaved")
+    time_entries(live, [image for _, image in photos], repeat)
+    results = eval_index(args.eval_results)
+    rows = []
+    for entry in live:
+        row = entry_row(entry, args.threads, results)
+        if not args.no_rss:
+            peak, error = detector_memory(entry.kind, entry.target, args.threads,
+                                          [path for path, _ in photos[:2]], peers_folder=args.peers_dir)
+            row["peak_rss_mb"] = peak / MB if peak else None
+            if error:
+                print(f"note: {entry.label}: fresh-process RSS run failed: {error}")
+        rows.append(row)
+    mark_pareto(rows)
+
+    lines = comparison_table(rows, env, [path for path, _ in photos], args.threads, repeat)
+    print("\n" + "\n".join(lines))
+    write_markdown(args.out / "compare.md", lines)
+    write_csv(args.out / "compare.csv", csv_rows(rows))
+    print(f"\nwrote {args.out / 'compare.md'} and {args.out / 'compare.csv'}")
+    plotted = [r for r in rows if r.get("hard") is not None]
+    if plotted:
+        print(f"wrote the speed-accuracy chart {plot_comparison(plotted, args.out / 'compare.png')}")
+    missing = [r["detector"] for r in rows if r.get("hard") is None]
+    if missing:
+        print(f"no evaluation results in {args.eval_results} for: {', '.join(missing)} (evaluate "
+              "them with evaluate_widerface.py --detector NAME / --model M --protocol rough)")
+    return 0
+
+
+if __name__ == "__main__":
+    cli(main)

@@ -200,7 +200,7 @@ def settings_table() -> list[str]:
              f"{spec.eval_score_threshold:g} / {nms_text(spec.eval_nms_threshold)}", spec.source]
             for name, spec in PEERS.items()]
     return markdown_table(["Detector", "What", "Input", "Score", "NMS IoU", "Evaluation score / NMS",
-                           "Source"], rows, left=3)
+                           "Source"], rows, left=3, text=[5, 6])
 
 
 def main() -> int:

@@ -246,7 +246,7 @@ def speed_tables(rows: list[dict], ratios: list[dict], env: dict, repeat: int, i
               dash(r.get("prepost_ratio") and 100 * r["prepost_ratio"], ".0f") + "%" * ("prepost_ratio" in r),
               dash(r.get("peak_rss_mb"), ".0f"), dash(r["file_mb"], ".2f"),
               dash(r["flops"] and r["flops"] / 1e9, ".3f")] for r in rows if "median_ms" in r]
-    lines = markdown_table(header, table, left=4)
+    lines = markdown_table(header, table, left=4, text=[header.index("Round medians ms")])
     if ratios:
         lines += [""] + markdown_table(
             ["Model", "Input", "Threads", "Ratio", "Median of per-round ratios", "Per-round min–max",
@@ -254,7 +254,7 @@ def speed_tables(rows: list[dict], ratios: list[dict], env: dict, repeat: int, i
             [[r["family"], r["input"], r["threads"], r["ratio"], f"{r['value']:.2f}x",
               f"{r['round_min']:.2f}–{r['round_max']:.2f}x",
               dash(r.get("cpu") and r["cpu"]["value"], ".2f") + "x" * bool(r.get("cpu"))]
-             for r in ratios], left=4)
+             for r in ratios], left=2, text=[3, 5])
     lines += ["", f"Measured {time.strftime('%Y-%m-%d')} on {env['cpu']} ({env['logical_cores']} "
               f"logical cores; load average {env['load_average']} at the start), "
               + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + ". "

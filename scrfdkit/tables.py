@@ -8,9 +8,12 @@ from typing import Sequence
 from .files import atomic_write
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence], left: int = 1) -> list[str]:
-    """Lines of a markdown table; the first `left` columns are left-aligned, the rest right."""
-    align = ["---"] * left + ["---:"] * (len(header) - left)
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence], left: int = 1,
+                   text: Sequence[int] = ()) -> list[str]:
+    """Lines of a markdown table: the first `left` columns and those listed in `text` are
+    left-aligned (words), the rest right-aligned (numbers)."""
+    align = ["---" if i < left or i in text or i - len(header) in text else "---:"
+             for i in range(len(header))]
     return ["| " + " | ".join(map(str, header)) + " |", "| " + " | ".join(align) + " |",
             *("| " + " | ".join(map(str, row)) + " |" for row in rows)]
 

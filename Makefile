@@ -1,27 +1,30 @@
-# Set-up and the main job. `make demo` detects faces in the sample photo; `make test` runs the tests.
-# Models, photos and WIDER FACE come from SHARED when it exists (this repository's CI and
-# development machines); elsewhere the model is downloaded and the photo must be put in data/.
+# Set-up and the main job. `make demo` detects faces in the tracked photo data/friends.jpg;
+# `make test` runs the tests. Models, more photos and WIDER FACE come from SHARED when it exists
+# (this repository's CI and development machines); elsewhere the model is downloaded from
+# InsightFace's release, or from the mirror named by SCRFD_MODEL_URL (a folder URL holding
+# buffalo_sc.zip), and checked against its sha256.
 PYTHON ?= python3
 VENV ?= .venv
+INFERENCE_VENV ?= .venv-inference
 SHARED ?= ../shared
 MODELS_SRC ?= $(SHARED)/models
-SAMPLES_SRC ?= $(SHARED)/samples
 WIDER_SRC ?= $(SHARED)/widerface
 HW ?= 480,640
 BIN := $(VENV)/bin
 RUN := $(BIN)/python
 comma := ,
 HW_NAME := $(subst $(comma),x,$(HW))
+DEMO_MODEL := models/scrfd500m_$(HW_NAME)_float32.tflite
 
-.PHONY: demo setup test data docs exports compare clean
+.PHONY: demo setup test test-inference data docs exports compare clean
 .DEFAULT_GOAL := demo
 
-demo: setup models/scrfd500m_$(HW_NAME)_float32.tflite data/friends.jpg
-	$(RUN) scrfd.py --image data/friends.jpg --model models/scrfd500m_$(HW_NAME)_float32.tflite --out results
+demo: setup $(DEMO_MODEL)
+	$(RUN) scrfd.py --image data/friends.jpg --model $(DEMO_MODEL) --out results
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-inference.txt requirements-peers.txt
+$(VENV)/.installed: requirements.txt requirements-peers.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt
@@ -33,26 +36,25 @@ models/det_500m.onnx: | setup
 	if [ -f "$(MODELS_SRC)/det_500m.onnx" ]; then cp "$(MODELS_SRC)/det_500m.onnx" $@; \
 	else $(RUN) export_modified_onnx.py --download buffalo_sc; fi
 
-models/det_500m_$(HW_NAME).onnx: models/det_500m.onnx | data/friends.jpg
+models/det_500m_$(HW_NAME).onnx: models/det_500m.onnx
 	$(RUN) export_modified_onnx.py --model $< --hw $(HW)
 
-models/scrfd500m_$(HW_NAME)_float32.tflite: models/det_500m_$(HW_NAME).onnx | data/friends.jpg
+$(DEMO_MODEL): models/det_500m_$(HW_NAME).onnx
 	$(RUN) export_tflite.py --onnx $<
 
-data/friends.jpg:
-	@mkdir -p data
-	@if [ -f "$(SAMPLES_SRC)/friends.jpg" ]; then cp "$(SAMPLES_SRC)/friends.jpg" $@; \
-	else echo "put a photo with faces at $@ (see README, 'Data')"; exit 1; fi
-
 # WIDER FACE for calibration and evaluation: linked, never copied.
-data: data/friends.jpg
+data:
 	@for d in WIDER_val ground_truth wider_face_split; do \
 	  [ -e data/$$d ] || [ ! -e "$(WIDER_SRC)/$$d" ] || ln -s "$$(cd "$(WIDER_SRC)" && pwd)/$$d" data/$$d; done
 
-# The README's picture: made by scrfd.py from the sample photo.
+# The README's pictures, made by scrfd.py from the demo photo: annotated, blurred, aligned crops.
 docs: demo
-	$(RUN) scrfd.py --image data/friends.jpg --model models/scrfd500m_$(HW_NAME)_float32.tflite \
-	  --out docs --format png --json results/docs_faces.jsonl
+	$(RUN) scrfd.py --image data/friends.jpg --model $(DEMO_MODEL) --out docs --format png \
+	  --json results/docs/faces.jsonl
+	$(RUN) scrfd.py --image data/friends.jpg --model $(DEMO_MODEL) --out docs/blurred --blur \
+	  --json results/docs/blurred.jsonl
+	$(RUN) scrfd.py --image data/friends.jpg --model $(DEMO_MODEL) --out results/docs \
+	  --crops docs/crops
 
 # Every SCRFD configuration of the README's tables: det_500m and det_2.5g x 4 sizes x
 # float32 / float16 / int8 (int8 calibrated on WIDER FACE val). Existing files are kept.
@@ -82,5 +84,18 @@ compare: exports
 test: setup
 	SCRFD_SHARED=$(SHARED) $(RUN) -m pytest tests -q
 
+# The inference, evaluation and speed tests again, in an environment made from
+# requirements-inference.txt alone (no TensorFlow; current numpy, OpenCV, ONNX Runtime, LiteRT)
+# plus Ray (requirements-scale.txt). Uses the exports `make test` left in .cache/tests.
+$(INFERENCE_VENV)/.installed: requirements-inference.txt requirements-scale.txt
+	$(PYTHON) -m venv $(INFERENCE_VENV)
+	$(INFERENCE_VENV)/bin/pip install --quiet --upgrade pip
+	$(INFERENCE_VENV)/bin/pip install --quiet -r requirements-inference.txt
+	$(INFERENCE_VENV)/bin/pip install --quiet -r requirements-scale.txt pytest==9.2.0
+	touch $@
+
+test-inference: $(INFERENCE_VENV)/.installed
+	SCRFD_SHARED=$(SHARED) $(INFERENCE_VENV)/bin/python -m pytest tests -q -m inference
+
 clean:
-	rm -rf .cache results/* models/*_float32.tflite* models/*_int8.tflite*
+	rm -rf .cache results/* models/*_float32.tflite* models/*_int8.tflite* $(INFERENCE_VENV)

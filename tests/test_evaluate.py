@@ -1,9 +1,12 @@
-"""Tests for evaluate_widerface.py.
+"""Tests for evaluate_widerface.py and its library (scrfdkit.widerface, wider_metrics,
+error_analysis).
 
 The official AP is checked three ways: hand-made cases whose AP is worked out below by hand,
 an independent loop-based re-implementation of the public WIDER FACE evaluation
 (wondervictor/WiderFace-Evaluation, evaluation.py) run on real prediction files, and the
-command line end to end on a few real WIDER FACE images.
+command line end to end on a few real WIDER FACE images. Damaged input (an image whose
+header claims 60000x60000 pixels, scores that cannot rank, bad options) must end in a
+warning or one `error:` line, never a traceback.
 """
 from __future__ import annotations
 
@@ -17,8 +20,8 @@ import numpy as np
 import pytest
 from scipy.io import loadmat, savemat
 
-import evaluate_widerface as ew
 from conftest import run_script
+from scrfdkit import model_stats, wider_metrics, widerface
 
 SCRIPT = "evaluate_widerface.py"
 SUBSETS = ("easy", "medium", "hard")
@@ -291,10 +294,10 @@ def test_absent_image_does_not_count_but_an_empty_prediction_does(hand_case, tmp
 
 def test_official_curves_follow_public_rules_in_memory(hand_case):
     root, preds, _ = hand_case
-    gt = ew.load_ground_truth(root)
+    gt = widerface.load_ground_truth(root)
     keys = ["0--Parade/0_Parade_a", "0--Parade/0_Parade_b"]
-    predictions = {k: ew.read_prediction(preds / f"{k}.txt") for k in keys}
-    curves = ew.official_curves(predictions, gt, keys)
+    predictions = {k: widerface.read_prediction(preds / f"{k}.txt") for k in keys}
+    curves = wider_metrics.official_curves(predictions, gt, keys)
     assert {s: curves[s].ap for s in SUBSETS} == pytest.approx(HAND_AP, abs=1e-9)
     hard = curves["hard"]
     # at the strictest threshold only p1 counts; at threshold 0 all five do
@@ -303,12 +306,12 @@ def test_official_curves_follow_public_rules_in_memory(hand_case):
     # file order matters as in the public code: an image counts up to its last prediction
     # above the threshold, so with p5 moved first, p5 counts wherever p1 does
     shuffled = {**predictions, keys[0]: predictions[keys[0]][[4, 0, 1, 2, 3]]}
-    curves = ew.official_curves(shuffled, gt, keys)
+    curves = wider_metrics.official_curves(shuffled, gt, keys)
     assert (curves["hard"].precision[0], curves["hard"].recall[0]) == pytest.approx((1.0, 0.5))
 
 
 def test_rough_protocols_by_hand():
-    gt = ew.GroundTruth(Path("."), {"e/a": np.array([[0, 0, 40, 40], [100, 0, 20, 20],
+    gt = widerface.GroundTruth(Path("."), {"e/a": np.array([[0, 0, 40, 40], [100, 0, 20, 20],
                                                       [200, 0, 10, 10]], float)},
                         {}, {"e/a": np.zeros(3, bool)})
     preds = {"e/a": np.array([
@@ -316,7 +319,7 @@ def test_rough_protocols_by_hand():
         [200, 0, 10, 10, 0.8],  # C is 10 px tall: ignored at every minimum height
         [300, 300, 20, 20, 0.7],  # background
         [100, 0, 20, 20, 0.6]])}  # B, 20 px tall: counts at >= 16 px only
-    metrics = ew.rough_metrics(preds, gt, ["e/a"], "rough-iou")
+    metrics = wider_metrics.rough_metrics(preds, gt, ["e/a"], "rough-iou")
     m16, m32, m64 = metrics["16px"], metrics["32px"], metrics["64px"]
     # >= 16 px: A and B count. TP, FP, TP: precision 1, 1/2, 2/3 at recall 1/2, 1/2, 1
     assert m16["faces"] == 2 and m16["ap"] == pytest.approx(0.5 + 0.5 * 2 / 3)
@@ -328,25 +331,25 @@ def test_rough_protocols_by_hand():
     assert m64["faces"] == 0 and m64["ap"] is None
     # invalid faces are ignored too
     gt.invalid["e/a"][0] = True
-    assert ew.rough_metrics(preds, gt, ["e/a"], "rough-iou")["32px"]["faces"] == 0
+    assert wider_metrics.rough_metrics(preds, gt, ["e/a"], "rough-iou")["32px"]["faces"] == 0
 
 
 def test_center_hit_rule():
-    gt = ew.GroundTruth(Path("."), {"e/a": np.array([[0, 0, 40, 40]], float)}, {},
+    gt = widerface.GroundTruth(Path("."), {"e/a": np.array([[0, 0, 40, 40]], float)}, {},
                         {"e/a": np.zeros(1, bool)})
     loose = {"e/a": np.array([[-20, -20, 80, 80, 0.9]])}  # centre inside the face, IoU 0.25
-    assert ew.rough_metrics(loose, gt, ["e/a"], "rough-iou")["32px"]["ap"] == 0.0
-    assert ew.rough_metrics(loose, gt, ["e/a"], "rough-center")["32px"]["ap"] == 1.0
+    assert wider_metrics.rough_metrics(loose, gt, ["e/a"], "rough-iou")["32px"]["ap"] == 0.0
+    assert wider_metrics.rough_metrics(loose, gt, ["e/a"], "rough-center")["32px"]["ap"] == 1.0
     off = {"e/a": np.array([[30, 30, 40, 40, 0.9]])}  # centre (50, 50) outside the face
-    assert ew.rough_metrics(off, gt, ["e/a"], "rough-center")["32px"]["ap"] == 0.0
+    assert wider_metrics.rough_metrics(off, gt, ["e/a"], "rough-center")["32px"]["ap"] == 0.0
 
 
 def test_matcher_takes_the_free_face_not_only_the_best_one():
     iou = np.array([[0.9, 0.6], [0.8, 0.55]])  # both predictions overlap both faces
-    status, matched = ew.Matcher.build(np.array([0.9, 0.8]), iou, iou >= 0.5).run(
+    status, matched = wider_metrics.Matcher.build(np.array([0.9, 0.8]), iou, iou >= 0.5).run(
         np.array([True, True]), 2)
     assert status.tolist() == [1, 1] and matched.tolist() == [0, 1]
-    status, _ = ew.Matcher.build(np.array([0.9, 0.8]), iou, iou >= 0.5).run(
+    status, _ = wider_metrics.Matcher.build(np.array([0.9, 0.8]), iou, iou >= 0.5).run(
         np.array([True, False]), 2)  # face 1 ignored: the second prediction is dropped
     assert status.tolist() == [1, -1]
 
@@ -379,26 +382,106 @@ def test_missing_ground_truth_and_unknown_images(hand_case, tmp_path):
     assert proc.returncode == 2 and proc.stderr.startswith("error: give --model")
 
 
-def test_undecodable_image_is_reported_and_skipped(wider_dir, det500m_onnx, tmp_path):
+def huge_header_jpeg(source: Path, side: int = 60000) -> bytes:
+    """A real JPEG whose frame header claims side x side pixels: OpenCV refuses to decode it
+    (cv2.error, over its pixel limit) instead of returning None."""
+    data = bytearray(source.read_bytes())
+    at = 2  # after SOI: walk the segments up to the frame header (SOF0-SOF2)
+    while data[at] == 0xFF and data[at + 1] not in (0xC0, 0xC1, 0xC2):
+        at += 2 + int.from_bytes(data[at + 2: at + 4], "big")
+    assert data[at] == 0xFF, f"no JPEG frame header in {source}"
+    data[at + 5: at + 9] = side.to_bytes(2, "big") * 2  # height, width
+    return bytes(data)
+
+
+@pytest.fixture()
+def damaged_wider(wider_dir, tmp_path) -> dict:
+    """A WIDER root (the real ground truth) with two real images, a file that is no image at all,
+    and a real JPEG whose header claims 60000x60000 pixels."""
     root = tmp_path / "wider"
-    (root / "ground_truth").parent.mkdir(parents=True)
-    (root / "ground_truth").symlink_to(wider_dir / "ground_truth")
-    names = [line.strip() for line in (wider_dir / "dev_images.txt").read_text().splitlines()
-             if line.startswith("13--Interview/")][:2]
-    for name in names:
-        (root / "WIDER_val/images" / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / "WIDER_val/images" / name).symlink_to(wider_dir / "WIDER_val/images" / name)
-    corrupt = root / "WIDER_val/images/0--Parade/0_Parade_marchingband_1_465.jpg"
-    corrupt.parent.mkdir(parents=True)
-    corrupt.write_bytes(b"not a jpeg")
-    out = tmp_path / "out"
-    proc = run_script(SCRIPT, "--model", det500m_onnx, "--size", "128,160", "--wider", root,
-                      "--out", out)
-    assert "skipped" in proc.stderr and "0_Parade_marchingband_1_465" in proc.stderr
+    root.mkdir()
+    for folder in ("ground_truth", "wider_face_split"):
+        (root / folder).symlink_to(wider_dir / folder)
+    listed = (wider_dir / "dev_images.txt").read_text().split()
+    good = [name for name in listed if name.startswith("13--Interview/")][:2]
+    not_image, huge = [name for name in listed if name.startswith("0--Parade/")][:2]
+    images = root / "WIDER_val/images"
+    for name in good:
+        (images / name).parent.mkdir(parents=True, exist_ok=True)
+        (images / name).symlink_to(wider_dir / "WIDER_val/images" / name)
+    (images / not_image).parent.mkdir(parents=True)
+    (images / not_image).write_bytes(b"not a jpeg")
+    (images / huge).write_bytes(huge_header_jpeg(wider_dir / "WIDER_val/images" / huge))
+    return {"root": root, "bad": {widerface.image_key(not_image), widerface.image_key(huge)}}
+
+
+def test_damaged_images_are_skipped_and_outputs_nested_in_images_not_read(damaged_wider,
+                                                                          det500m_onnx):
+    root = damaged_wider["root"]
+    out = root / "WIDER_val/images/results"  # plots and galleries land inside the images folder
+    args = ("--model", det500m_onnx, "--size", "128,160", "--wider", root, "--out", out,
+            "--analyze")
+    proc = run_script(SCRIPT, *args)
+    assert "Traceback" not in proc.stderr
+    skipped = [line for line in proc.stderr.splitlines() if line.startswith("warning: skipped:")]
+    assert len(skipped) == 2  # one line each, OpenCV's multi-line message included
+    for key in damaged_wider["bad"]:
+        assert sum(key.split("/")[1] in line for line in skipped) == 1
     results = json.loads((out / "results.json").read_text())
-    assert results["images"] == 2
-    assert results["skipped_images"] == ["0--Parade/0_Parade_marchingband_1_465"]
-    assert not (out / "predictions/0--Parade").exists()
+    assert results["images"] == 2 and set(results["skipped_images"]) == damaged_wider["bad"]
+    assert "skipped 2 unreadable images" in proc.stdout
+    assert (out / "pr_curves.png").is_file() and (out / "recall_by_size.png").is_file()
+    # a second run finds the plots inside the images folder and must not take them for photos
+    again = run_script(SCRIPT, *args)
+    assert "reused 2 prediction files" in again.stdout
+    assert json.loads((out / "results.json").read_text())["images"] == 2
+    assert all(line.startswith("13--Interview/") for line in
+               (out / "images.txt").read_text().splitlines())
+
+
+def test_scores_that_cannot_rank_are_warned(hand_case, tmp_path):
+    root, preds, listing = hand_case
+    write_preds(preds, "0--Parade/0_Parade_a", [(*row[:4], 0.5) for row in HAND_PREDS])
+    proc = run_script(SCRIPT, "--predictions", preds, "--wider", root, "--images-list", listing,
+                      "--out", tmp_path / "o")
+    assert "warning: all 5 prediction scores are 0.5" in proc.stderr
+    assert json.loads((tmp_path / "o" / "results.json").read_text())["images"] == 2
+    varied = {"a": np.array([[0, 0, 9, 9, 0.9], [5, 5, 9, 9, 0.4]])}
+    assert wider_metrics.ranking_warning(varied, ["a"]) is None
+    assert wider_metrics.ranking_warning({"a": np.zeros((0, 5))}, ["a"]) is None
+
+
+SCORED = ("--predictions", "{preds}")  # a valid run, to which each case adds one bad option
+
+
+@pytest.mark.parametrize("bad, message", [
+    ((*SCORED, "--score-threshold", "1.5"), "--score-threshold must be between 0 and 1"),
+    ((*SCORED, "--nms-threshold", "-0.1"), "--nms-threshold must be between 0 and 1"),
+    ((*SCORED, "--score-threshold", "nan"), "--score-threshold must be between 0 and 1"),
+    ((*SCORED, "--score-threshold", "high"), "invalid float value"),
+    ((*SCORED, "--threads", "0"), "--threads must be at least 1"),
+    ((*SCORED, "--size", "100,100"), "not a multiple of 32"),
+    ((*SCORED, "--size", "640,640"), "--size applies to --model files only"),
+    ((*SCORED, "--out", "{listing}"), "is a file; give a folder"),
+    ((*SCORED, "--out", "{listing}/sub"), "cannot create --out"),
+    ((*SCORED, "--out", "{preds}"), "must not be the --predictions folder"),
+    ((*SCORED, "--images-list", "{preds}/none.txt"), "images list not found"),
+    ((*SCORED, "--model", "{listing}"), "either --model or --predictions"),
+    ((*SCORED, "--grid", "--model", "{listing}"), "--grid evaluates --model files"),
+    (("--grid",), "--grid needs at least one --model"),
+    (("--detector", "no_such_detector"), "unknown detector"),
+    (("--model", "{preds}/missing.onnx"), "model not found"),
+    (("--predictions", "{preds}/none"), "predictions folder not found"),
+])
+def test_bad_options_fail_before_any_work(hand_case, tmp_path, bad, message):
+    root, preds, listing = hand_case
+    out = tmp_path / "o"
+    bad = [arg.format(listing=listing, preds=preds) for arg in bad]
+    proc = run_script(SCRIPT, "--wider", root, "--out", out, *bad, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and message in errors[0], proc.stderr
+    assert not out.exists()  # refused before anything was written
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -501,8 +584,8 @@ def test_rough_protocol_and_analysis_of_a_finished_run(small_run, wider_dir):
     # taller faces are easier: AP rises with the minimum height
     assert results["rough"]["rough-iou"]["16px"]["ap"] < results["rough"]["rough-iou"]["64px"]["ap"]
     analysis = results["analysis"]
-    gt = ew.load_ground_truth(wider_dir)
-    faces = sum(len(gt.boxes[ew.image_key(n)]) for n in small_run["names"])
+    gt = widerface.load_ground_truth(wider_dir)
+    faces = sum(len(gt.boxes[widerface.image_key(n)]) for n in small_run["names"])
     assert analysis["faces"] == faces == sum(r["faces"] for r in analysis["misses_by_size"])
     blur = [r for r in analysis["misses_by_attribute"] if r["attribute"] == "blur"]
     assert sum(r["faces"] for r in blur) == faces
@@ -519,7 +602,7 @@ def test_rough_protocol_and_analysis_of_a_finished_run(small_run, wider_dir):
 
 
 # ----------------------------------------------------------------------------- FLOPs and grid
-def test_conv_flops_counts_multiply_adds_twice(tmp_path, det500m_onnx):
+def test_model_flops_counts_multiply_adds_twice(tmp_path, det500m_onnx):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -534,8 +617,9 @@ def test_conv_flops_counts_multiply_adds_twice(tmp_path, det500m_onnx):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8),
               str(path))
     # 8x32x32 outputs of 3x3x3, then 8x16x16 depthwise outputs of 3x3
-    assert ew.conv_flops(path, (32, 32)) == 2 * (8 * 32 * 32 * 27 + 8 * 16 * 16 * 9)
-    big, small = ew.conv_flops(det500m_onnx, (640, 640)), ew.conv_flops(det500m_onnx, (128, 160))
+    assert model_stats.model_flops(path, (32, 32)) == 2 * (8 * 32 * 32 * 27 + 8 * 16 * 16 * 9)
+    big = model_stats.model_flops(det500m_onnx, (640, 640))
+    small = model_stats.model_flops(det500m_onnx, (128, 160))
     assert 0.5e9 < big < 3e9
     assert small / big == pytest.approx(128 * 160 / 640 ** 2, rel=0.05)
 
@@ -574,8 +658,8 @@ def test_tflite_export_scores_like_onnx(request, small_run, wider_dir, det500m_o
     assert lite["settings"]["input_size"] == [h, w] and lite["model"]["backend"] == "litert"
     for subset in SUBSETS:
         assert lite[subset] == pytest.approx(onnx_[subset], abs=0.01)
-    assert ew.conv_flops(tflite, (h, w)) == pytest.approx(ew.conv_flops(det500m_onnx, (h, w)),
-                                                          rel=0.01)
+    assert model_stats.model_flops(tflite, (h, w)) == pytest.approx(
+        model_stats.model_flops(det500m_onnx, (h, w)), rel=0.01)
 
 
 def test_peer_detector_is_evaluated_the_same_way(wider_dir, tmp_path):
@@ -602,9 +686,9 @@ def test_grid_reports_the_change_against_float32():
                                                          ("float16", "n/a", "n/a", "n/a"))]
     rows.append({"_family": "det_2.5g", "Input shape": "640x640", "Precision": "int8",
                  "Easy": "93.71", "Medium": "91.44", "Hard": "76.10"})
-    ew.add_float32_drop(rows)
+    wider_metrics.add_float32_change(rows)
     assert [r["vs float32"] for r in rows] == ["-", "-0.13 / -0.16 / -0.33", "-", "-"]
     alone = [dict(rows[3])]
     del alone[0]["vs float32"]
-    ew.add_float32_drop(alone)  # nothing to compare with: no column at all
+    wider_metrics.add_float32_change(alone)  # nothing to compare with: no column at all
     assert "vs float32" not in alone[0]

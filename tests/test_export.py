@@ -4,8 +4,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
-import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -13,8 +18,11 @@ import numpy as np
 import onnx
 import pytest
 
-from conftest import MODELS, SAMPLES, TEST_HW, run_script
-from detector import KINDS, STRIDES, LiteRTRunner, OnnxRunner, metadata_path
+from conftest import MODELS, REPO, SAMPLES, TEST_HW, run_script
+from scrfdkit.decode import KINDS, STRIDES
+from scrfdkit.model_files import metadata_path, read_metadata
+from scrfdkit.parity import parity
+from scrfdkit.runners import LiteRTRunner, OnnxRunner
 
 ALL_MODELS = sorted(p.name for p in MODELS.glob("*.onnx")) if MODELS.exists() else []
 CANONICAL = [f"{k}_{s}" for k in KINDS for s in STRIDES]
@@ -44,34 +52,32 @@ def test_modified_onnx_every_export(name, tmp_path):
     assert dims == [1, 3, 256, 320]
     assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 13
     runner = OnnxRunner(out, threads=1)
-    raw = runner(np.zeros((1, 3, 256, 320), np.float32))
+    raw = runner.run(np.zeros((1, 3, 256, 320), np.float32))
     assert raw[8]["score"].shape == (2 * 32 * 40,) and raw[32]["bbox"].shape == (2 * 8 * 10, 4)
     if "bnkps" not in name:  # dynamic sources are checked against themselves at this size
         assert "parity with" in proc.stdout
 
 
 def test_tflite_float32_matches_onnx(tflite_float32, fixed_onnx):
-    import export_tflite
-
-    worst = export_tflite.parity(fixed_onnx, tflite_float32,
-                                 [SAMPLES / "friends.jpg", SAMPLES / "group_t1.jpg"])
+    worst = parity(fixed_onnx, tflite_float32, [SAMPLES / "friends.jpg", SAMPLES / "group_t1.jpg"])
     assert max(worst[k] for k in KINDS) <= 1e-3, worst
     for kind in KINDS:  # the mean over the anchors that can become detections, beside the max
         assert 0 < worst[f"{kind}_candidates_mean"] <= worst[f"{kind}_candidates"] <= worst[kind]
-    meta = json.loads(metadata_path(tflite_float32).read_text())
+    meta = read_metadata(tflite_float32)
     assert meta["precision"] == "float32" and meta["family"] == "scrfd500m"
     assert (meta["input"]["height"], meta["input"]["width"]) == TEST_HW
     assert meta["keypoints"] and meta["anchors_per_location"] == 2
     assert sorted((o["kind"], o["stride"]) for o in meta["outputs"]) == sorted(
         (k, s) for k in KINDS for s in STRIDES)
     assert meta["source"]["sha256"] == hashlib.sha256(fixed_onnx.read_bytes()).hexdigest()
+    assert meta["tflite_sha256"] == hashlib.sha256(tflite_float32.read_bytes()).hexdigest()
 
 
 def test_tflite_int8_is_integer_and_runs(tflite_int8, tflite_float32):
     runner = LiteRTRunner(tflite_int8, threads=1)
-    assert runner.input["dtype"] == np.int8 and runner.precision == "int8"
+    assert runner.input_dtype == np.int8 and runner.precision == "int8"
     assert tflite_int8.stat().st_size < 0.4 * tflite_float32.stat().st_size
-    raw = runner(np.zeros((1, *TEST_HW, 3), np.float32))
+    raw = runner.run(np.zeros((1, *TEST_HW, 3), np.float32))
     assert set(raw[16]) == {"score", "bbox", "kps"}
     assert np.all((raw[8]["score"] >= 0) & (raw[8]["score"] <= 1))
 
@@ -141,6 +147,99 @@ def test_int8_without_calibration_images(fixed_onnx, tmp_path, calib):
     assert not out.exists() and not metadata_path(out).exists()
 
 
+def test_tflite_refuses_to_overwrite_its_input(fixed_onnx, tmp_path):
+    """--out equal to --onnx (it used to convert, then write the .tflite over the ONNX)."""
+    onnx_copy = tmp_path / "v.onnx"
+    shutil.copyfile(fixed_onnx, onnx_copy)
+    started = time.perf_counter()
+    proc = run_script("export_tflite.py", "--onnx", onnx_copy, "--out", onnx_copy, check=False)
+    assert_clean_failure(proc, "is the input")
+    assert time.perf_counter() - started < 20 and "converted" not in proc.stdout
+    assert onnx_copy.read_bytes() == fixed_onnx.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.onnx"]
+
+
+def test_modified_onnx_refuses_to_overwrite_its_input(fixed_onnx, tmp_path):
+    onnx_copy = tmp_path / "v.onnx"
+    shutil.copyfile(fixed_onnx, onnx_copy)
+    proc = run_script("export_modified_onnx.py", "--model", onnx_copy, "--hw", "128,160",
+                      "--out", "v.onnx", cwd=tmp_path, check=False)  # same file, other spelling
+    assert_clean_failure(proc, "is the input")
+    assert onnx_copy.read_bytes() == fixed_onnx.read_bytes()
+
+
+@pytest.mark.parametrize("where", ["folder", "under a file", "wrong suffix", "read-only"])
+def test_tflite_output_path_checked_before_converting(fixed_onnx, tmp_path, where):
+    """A bad --out is one error line within seconds, not after the conversion."""
+    if where == "read-only" and not Path("/proc/self").is_dir():
+        pytest.skip("needs Linux /proc, where nobody (root included) can create files")
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    out = {"folder": tmp_path, "under a file": tmp_path / "notes.txt" / "model.tflite",
+           "wrong suffix": tmp_path / "model.onnx", "read-only": Path("/proc/model.tflite")}[where]
+    phrase = {"folder": "is a folder", "under a file": "is a file, not a folder",
+              "wrong suffix": "must end in .tflite", "read-only": "cannot write in /proc"}[where]
+    started = time.perf_counter()
+    proc = run_script("export_tflite.py", "--onnx", fixed_onnx, "--out", out, check=False)
+    assert_clean_failure(proc, phrase)
+    assert time.perf_counter() - started < 20 and "converted" not in proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("opset", ["0", "-3", "99"])
+def test_opset_out_of_range(det500m_onnx, tmp_path, opset):
+    """An opset the tool cannot write is refused, never reported while writing another."""
+    out = tmp_path / "fixed.onnx"
+    proc = run_script("export_modified_onnx.py", "--model", det500m_onnx, "--hw", "128,160",
+                      "--opset", opset, "--out", out, check=False)
+    assert_clean_failure(proc, "opset")
+    assert not out.exists() and "wrote" not in proc.stdout
+
+
+def test_opset_reported_is_the_one_written(det500m_onnx, tmp_path):
+    """--opset 7 on an opset-11 source: the model stays at 11 and says so."""
+    out = tmp_path / "fixed.onnx"
+    proc = run_script("export_modified_onnx.py", "--model", det500m_onnx, "--hw", "128,160",
+                      "--opset", "7", "--out", out, "--check-image", SAMPLES / "friends.jpg")
+    written = max(o.version for o in onnx.load(str(out)).opset_import if o.domain in ("", "ai.onnx"))
+    assert written == 11 and f"opset {written}," in proc.stdout
+
+
+@pytest.mark.parametrize("count", ["0", "-5", "many"])
+def test_calib_count_must_be_positive(fixed_onnx, tmp_path, count):
+    proc = run_script("export_tflite.py", "--onnx", fixed_onnx, "--int8", "--calib-count", count,
+                      "--out", tmp_path / "m.tflite", check=False)
+    assert_clean_failure(proc, "--calib-count")
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT])
+def test_interrupted_export_keeps_the_earlier_pair(tflite_float32, fixed_onnx, tmp_path, how):
+    """Stopped inside onnx2tf: the earlier .tflite and sidecar stay byte for byte, and no
+    temporary file or folder is left beside them or in the temporary folder."""
+    models, scratch = tmp_path / "models", tmp_path / "tmp"
+    models.mkdir()
+    scratch.mkdir()
+    out = models / "model.tflite"
+    shutil.copyfile(tflite_float32, out)
+    shutil.copyfile(metadata_path(tflite_float32), metadata_path(out))
+    before = {p.name: p.read_bytes() for p in models.iterdir()}
+    proc = subprocess.Popen([sys.executable, str(REPO / "export_tflite.py"), "--onnx", fixed_onnx,
+                             "--out", out, "--check-images", SAMPLES / "friends.jpg"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TMPDIR": str(scratch)})
+    deadline = time.monotonic() + 120
+    while not list(scratch.glob("export_tflite-*/out")) and proc.poll() is None:
+        assert time.monotonic() < deadline, "the export never reached onnx2tf"
+        time.sleep(0.2)
+    time.sleep(2)  # onnx2tf is building the TensorFlow graph
+    proc.send_signal(how)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == (143 if how == signal.SIGTERM else 130), stdout + stderr
+    assert "Traceback" not in stderr and "wrote" not in stdout
+    assert {p.name: p.read_bytes() for p in models.iterdir()} == before
+    assert not any(scratch.iterdir())
+
+
 # ----------------------------------------------------------------------------- download
 class _Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):
@@ -187,3 +286,46 @@ def test_broken_download_leaves_nothing(release_server, tmp_path, problem):
     assert_clean_failure(proc, "yourself", "det_500m.onnx")
     assert "into" in proc.stderr and str(models) in proc.stderr
     assert not models.exists() or not any(models.iterdir())
+
+
+def _zip_detector(root: Path, member: Path, name: str = "det_500m.onnx") -> None:
+    with zipfile.ZipFile(root / "buffalo_sc.zip", "w") as archive:
+        archive.write(member, name)
+
+
+def test_download_from_model_url_env(release_server, det500m_onnx, tmp_path, monkeypatch):
+    """SCRFD_MODEL_URL names the folder holding buffalo_sc.zip; the sha256 is still checked."""
+    root, url = release_server
+    _zip_detector(root, det500m_onnx)
+    monkeypatch.setenv("SCRFD_MODEL_URL", url)
+    models = tmp_path / "models"
+    proc = run_script("export_modified_onnx.py", "--download", "buffalo_sc", "--models-dir", models)
+    assert (models / "det_500m.onnx").read_bytes() == det500m_onnx.read_bytes()
+    assert f"wrote {models / 'det_500m.onnx'} (sha256 ok)" in proc.stdout
+
+
+def test_download_from_model_url_env_checks_sha256(release_server, fixed_onnx, tmp_path,
+                                                   monkeypatch):
+    """A valid ONNX model that is not the released det_500m is refused and not kept."""
+    root, url = release_server
+    _zip_detector(root, fixed_onnx)
+    monkeypatch.setenv("SCRFD_MODEL_URL", url)
+    models = tmp_path / "models"
+    proc = run_script("export_modified_onnx.py", "--download", "buffalo_sc", "--models-dir", models,
+                      check=False)
+    assert_clean_failure(proc, "sha256", url)
+    assert not models.exists() or not any(models.iterdir())
+
+
+def test_download_help_names_the_variable():
+    assert "SCRFD_MODEL_URL" in run_script("export_modified_onnx.py", "--help").stdout
+
+
+@pytest.mark.parametrize("url", ["not a url", "gopher://127.0.0.1/"])
+def test_download_url_checked_first(url, tmp_path, monkeypatch):
+    monkeypatch.setenv("SCRFD_MODEL_URL", url)
+    models = tmp_path / "models"
+    proc = run_script("export_modified_onnx.py", "--download", "buffalo_sc", "--models-dir", models,
+                      check=False)
+    assert_clean_failure(proc, "SCRFD_MODEL_URL")
+    assert not models.exists()

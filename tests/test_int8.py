@@ -8,25 +8,30 @@ the measurements behind them.
 """
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import onnx
-import pytest
 
 from conftest import SAMPLES, TEST_HW
-from detector import SCRFD, STRIDES, LiteRTRunner, OnnxRunner, metadata_path, preprocess, read_image
+from scrfdkit import SCRFD, read_image
+from scrfdkit.decode import STRIDES, preprocess
+from scrfdkit.int8 import (calibration_images, calibration_tensor, conv_patches,
+                           equalize_channels, intermediate_outputs, node_attributes, round_weights)
+from scrfdkit.model_files import read_metadata
+from scrfdkit.runners import LiteRTRunner, OnnxRunner, tflite_interpreter
 
 PHOTOS = ("friends.jpg", "group_t1.jpg", "multiface.jpg", "two_people.jpg", "oscars_selfie.jpg",
           "crowd_selfie.jpg")
 
 
-def _ops(model_path) -> list[str]:
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(model_path))
+def _interpreter(model_path):
+    """An allocated LiteRT interpreter, to look at the model's ops and tensors."""
+    interpreter = tflite_interpreter(model_path)
     interpreter.allocate_tensors()
-    return [op["op_name"] for op in interpreter._get_ops_details()]
+    return interpreter
+
+
+def _ops(model_path) -> list[str]:
+    return [op["op_name"] for op in _interpreter(model_path)._get_ops_details()]
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -41,22 +46,23 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def test_int8_model_layout(tflite_int8, tflite_float32):
     """int8 in, float32 out (sigmoid in float), every conv int8, as much XNNPACK as float32."""
     runner = LiteRTRunner(tflite_int8, threads=1)
-    assert runner.input["dtype"] == np.int8
-    scale, zero = runner.input["quantization"]
+    assert runner.input_dtype == np.int8
+    interpreter = _interpreter(tflite_int8)
+    scale, zero = interpreter.get_input_details()[0]["quantization"]
     assert (-128 - zero) * scale <= -0.99 and (127 - zero) * scale >= 0.99  # covers (x-127.5)/128
-    outputs = runner.interpreter.get_output_details()
+    outputs = interpreter.get_output_details()
     assert all(o["dtype"] == np.float32 for o in outputs)
-    ops = _ops(tflite_int8)
+    ops = runner.op_names()
     assert "QUANTIZE" not in ops and ops.count("LOGISTIC") == 3
     assert ops.count("DEQUANTIZE") == len(outputs)  # 3 logits before the sigmoid + 6 outputs
     assert ops.count("DELEGATE") == _ops(tflite_float32).count("DELEGATE")
-    tensors = {t["index"]: t for t in runner.interpreter.get_tensor_details()}
-    for op in runner.interpreter._get_ops_details():
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    for op in interpreter._get_ops_details():
         if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D"):
             weights = tensors[op["inputs"][1]]
             assert weights["dtype"] == np.int8
             assert len(weights["quantization_parameters"]["scales"]) > 1  # per channel
-    meta = json.loads(metadata_path(tflite_int8).read_text())["calibration"]
+    meta = read_metadata(tflite_int8)["calibration"]
     assert meta["equalized_pairs"] == 15 and meta["rounded_convs"] == 60
     assert meta["images"] == 24 and meta["input"] == "int8" and meta["outputs"] == "float32"
 
@@ -70,8 +76,8 @@ def test_int8_parity_with_onnx(tflite_int8, fixed_onnx):
     errors = {"score": [], "bbox": [], "kps": []}
     for name in PHOTOS:
         image = read_image(SAMPLES / name)
-        expected = reference(preprocess(image, TEST_HW, "NCHW")[0])
-        actual = candidate(preprocess(image, TEST_HW, "NHWC")[0])
+        expected = reference.run(preprocess(image, TEST_HW, "NCHW")[0])
+        actual = candidate.run(preprocess(image, TEST_HW, "NHWC")[0])
         for stride in STRIDES:
             keep = expected[stride]["score"] >= 0.02
             for kind in errors:
@@ -113,18 +119,17 @@ def test_rounding_on_the_int8_grid_beats_nearest(fixed_onnx, wider_dir):
     """round_weights stores weights TFLite re-quantizes to exactly the chosen integers, and on
     the first depthwise conv (the brightness-cancelling filters) its output error is a
     fraction of plain nearest rounding's."""
-    import export_tflite
     from onnx import numpy_helper
 
-    paths = export_tflite.calibration_images(wider_dir / "WIDER_val" / "images", 6)
-    calib = export_tflite.calibration_tensor(paths, TEST_HW)
+    paths = calibration_images(wider_dir / "WIDER_val" / "images", 6)
+    calib = calibration_tensor(paths, TEST_HW)
     original, model = onnx.load(str(fixed_onnx)), onnx.load(str(fixed_onnx))
-    assert export_tflite.round_weights(model, calib, per_channel=True) == 60
+    assert round_weights(model, calib, per_channel=True) == 60
     arrays = lambda m: {t.name: numpy_helper.to_array(t).astype(np.float64)  # noqa: E731
                         for t in m.graph.initializer}
     before, after = arrays(original), arrays(model)
     node = next(n for n in original.graph.node
-                if n.op_type == "Conv" and export_tflite._attributes(n).get("group", 1) > 1)
+                if n.op_type == "Conv" and node_attributes(n).get("group", 1) > 1)
     w, b = before[node.input[1]], before[node.input[2]]
     w_new, b_new = after[node.input[1]], after[node.input[2]]
     scale = np.abs(w).reshape(len(w), -1).max(axis=1) / 127
@@ -133,11 +138,11 @@ def test_rounding_on_the_int8_grid_beats_nearest(fixed_onnx, wider_dir):
     assert np.abs(steps - np.round(steps)).max() < 1e-4  # on TFLite's grid
     assert np.all(np.abs(np.round(steps)).max(axis=1) == 127)  # so TFLite keeps this scale
     nearest = np.round(w.reshape(len(w), -1) / np.where(live, scale, 1)[:, None]) * scale[:, None]
-    attrs = export_tflite._attributes(node)
+    attrs = node_attributes(node)
     errors = {"nearest": [], "ours": []}
-    for values in export_tflite._intermediates(original, [node.input[0]], calib):
-        patches = export_tflite._patches(values[node.input[0]][0], attrs["kernel_shape"],
-                                         attrs["strides"], attrs["pads"], attrs["dilations"])
+    for values in intermediate_outputs(original, [node.input[0]], calib):
+        patches = conv_patches(values[node.input[0]][0], attrs["kernel_shape"], attrs["strides"],
+                               attrs["pads"], attrs["dilations"])
         conv = lambda k, bias: np.einsum("ck,ckp->cp", k.reshape(len(k), -1), patches) + bias[:, None]  # noqa: E731
         truth = conv(w, b)
         errors["nearest"].append(np.mean((conv(nearest, b) - truth) ** 2))
@@ -148,19 +153,17 @@ def test_rounding_on_the_int8_grid_beats_nearest(fixed_onnx, wider_dir):
 
 def test_equalization_is_exact_and_levels_channels(fixed_onnx, wider_dir):
     """Channel equalization changes nothing in float and widens the narrow channels."""
-    import export_tflite
-
-    paths = export_tflite.calibration_images(wider_dir / "WIDER_val" / "images", 6)
-    calib = export_tflite.calibration_tensor(paths, TEST_HW)
+    paths = calibration_images(wider_dir / "WIDER_val" / "images", 6)
+    calib = calibration_tensor(paths, TEST_HW)
     model = onnx.load(str(fixed_onnx))
     before = {o.name: None for o in model.graph.output}
-    pairs = export_tflite.equalize_channels(model, calib)
+    pairs = equalize_channels(model, calib)
     assert pairs == 15
     original = onnx.load(str(fixed_onnx))
     relus = [n.output[0] for n in model.graph.node if n.op_type == "Relu"]
     widths = {}
     for version, graph in (("before", original), ("after", model)):
-        for values in export_tflite._intermediates(graph, relus, calib[:2]):
+        for values in intermediate_outputs(graph, relus, calib[:2]):
             widths.setdefault(version, []).append(values)
     for old, new in zip(widths["before"], widths["after"]):
         for name in before:

@@ -4,6 +4,8 @@ error analysis, and a metrics grid over models and input sizes.
     python evaluate_widerface.py --model ../shared/models/det_500m.onnx --wider ../shared/widerface
     python evaluate_widerface.py --model m.tflite --protocol rough --analyze --out results/m
     python evaluate_widerface.py --analyze --out results/m            # analyse a finished run
+    python evaluate_widerface.py --protocol rough --analyze --operating-score 0.3 \
+        --predictions results/m/predictions --out results/m_at_0.3     # what --blur would miss
     python evaluate_widerface.py --predictions preds/ --out results/p  # score existing files
     python evaluate_widerface.py --grid --model a.onnx --model b.onnx --size 640,640 --size 128,160
 
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from scrfdkit import SCRFD
 from scrfdkit.cli import (DEFAULT_INPUT_HW, EVAL_NMS_THRESHOLD, EVAL_SCORE_THRESHOLD, RESULTS_DIR,
-                          UserError, cli, parse_hw)
+                          SCORE_THRESHOLD, UserError, cli, parse_hw)
 from scrfdkit.error_analysis import analyze
 from scrfdkit.files import sha256_of
 from scrfdkit.model_files import family_of, fixed_input_hw
@@ -30,11 +32,11 @@ from scrfdkit.model_stats import model_flops
 from scrfdkit.peers import PEERS, make_detector, model_path as peer_model_path
 from scrfdkit.tables import markdown_table, print_markdown, write_csv, write_markdown
 from scrfdkit.timing import Profile
-from scrfdkit.wider_metrics import (DEPLOY_THRESHOLD, OFFICIAL_IOU, PROTOCOLS, ROUGH_IOU,
-                                    THRESHOLDS, add_float32_change, describe_run, official_curves,
-                                    official_table, percent, plot_pr, ranking_warning,
-                                    report_lines, rough_metrics, rough_protocols, rough_settings,
-                                    rough_table)
+from scrfdkit.wider_metrics import (OFFICIAL_IOU, PROTOCOLS, ROUGH_IOU, THRESHOLDS,
+                                    add_float32_change, describe_run, official_curves,
+                                    official_table, operating_score_warning, percent, plot_pr,
+                                    ranking_warning, report_lines, rough_metrics, rough_protocols,
+                                    rough_settings, rough_table)
 from scrfdkit.widerface import (DEFAULT_WIDER, IMAGES_DIR, PREDICTIONS_DIR, SUBSETS,
                                 load_ground_truth, predict_images, prediction_path,
                                 prepare_prediction_folder, read_predictions, read_results,
@@ -127,22 +129,27 @@ def evaluate(args: argparse.Namespace, model: Path | str | None, size: tuple[int
         results.update({"images": len(keys), "protocol": protocol,
                         "faces": {s: curves[s].faces for s in SUBSETS}, "model": run["model"]})
         if protocol != "official":
-            results["rough"] = {name: rough_metrics(preds, gt, keys, name)
+            results["rough"] = {name: rough_metrics(preds, gt, keys, name, args.operating_score)
                                 for name in rough_protocols(protocol)}
         results["settings"] = {
             "input_size": run["input_size"],
             "score_threshold": run.get("score_threshold", settings.get("score_threshold")),
             "nms_threshold": run.get("nms_threshold", settings.get("nms_threshold")),
-            "iou_threshold": OFFICIAL_IOU, "thresholds": THRESHOLDS, "rough": rough_settings(),
+            "iou_threshold": OFFICIAL_IOU, "thresholds": THRESHOLDS,
+            "rough": rough_settings(args.operating_score),
             "wider": str(wider.resolve()), "images_list": str(images_list) if images_list else None,
             "predictions": str(pred_dir.resolve())}
         results.update({"skipped_images": run["skipped_images"], "missing_predictions": missing,
                         "timing": run["timing"]})
+        if (protocol != "official" or args.analyze) and (warning := operating_score_warning(
+                args.operating_score, results["settings"]["score_threshold"])):
+            print(f"warning: {warning}", file=sys.stderr)
         out.mkdir(parents=True, exist_ok=True)
         plot_pr(curves, f"WIDER FACE val ({len(keys):,} images)", out / "pr_curves.png")
         analysis_md: list[str] = []
         if args.analyze:
-            results["analysis"], analysis_md = analyze(preds, gt, keys, paths, out)
+            results["analysis"], analysis_md = analyze(preds, gt, keys, paths, out,
+                                                       args.operating_score)
     results["timing"] = {**(results["timing"] or {}),
                          "evaluation_seconds": round(profile.totals["evaluation"], 2)}
     if out / "images.txt" != images_list:
@@ -154,10 +161,10 @@ def evaluate(args: argparse.Namespace, model: Path | str | None, size: tuple[int
     print_markdown(official_table(results))
     if "rough" in results:
         print("\nrough-detection protocols")
-        print_markdown(rough_table(results["rough"]))
+        print_markdown(rough_table(results["rough"], args.operating_score))
     if args.analyze:
         fps = results["analysis"]["false_positives"]
-        print(f"\nerror analysis at score >= {DEPLOY_THRESHOLD:g}: recall "
+        print(f"\nerror analysis at score >= {args.operating_score:g}: recall "
               f"{percent(results['analysis']['recall'])}%, false positives "
               + ", ".join(f"{k} {v:,}" for k, v in fps.items()))
     print(f"\nwrote {out / 'results.json'}, {report} (plots beside it); predictions in {pred_dir}")
@@ -233,6 +240,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--analyze", action="store_true",
                         help="error analysis into OUT/report.md; without --model or "
                              "--predictions, analyses the finished run in --out")
+    parser.add_argument("--operating-score", type=float, default=SCORE_THRESHOLD, metavar="S",
+                        help="score an application keeps detections at, 0..1: precision and "
+                             "recall of the rough protocols and the --analyze misses and false "
+                             "positives are taken there (default %(default)s, scrfd.py's photo "
+                             "threshold; its --blur threshold shows what anonymising misses)")
     parser.add_argument("--grid", action="store_true",
                         help="evaluate every --model at every --size and write OUT/metrics.md "
                              "and metrics.csv")
@@ -248,7 +260,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check_options(args: argparse.Namespace) -> None:
     """Every option, before any work: one clear error instead of a failure halfway through."""
-    for name in ("score_threshold", "nms_threshold"):
+    for name in ("score_threshold", "nms_threshold", "operating_score"):
         value = getattr(args, name)
         if not 0.0 <= value <= 1.0:  # also false for nan
             raise UserError(f"--{name.replace('_', '-')} must be between 0 and 1, got {value}")

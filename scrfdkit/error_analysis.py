@@ -4,7 +4,8 @@ background), with plots, galleries of the worst cases, and a markdown section fo
 
 Every annotated face counts here (none ignored, unlike the official protocol); predictions
 are matched one-to-one in score order at IoU >= 0.5, and misses / false positives are those
-at the score an application would use (DEPLOY_THRESHOLD).
+at the operating score, the threshold an application would keep detections at (scrfd.py's
+photo default unless told otherwise; lower for anonymising, where a miss costs more).
 """
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .cli import EVAL_SCORE_THRESHOLD, UserError
+from .cli import EVAL_SCORE_THRESHOLD, SCORE_THRESHOLD, UserError
 from .files import atomic_write, read_image
 from .tables import markdown_table, pyplot, save_figure
-from .wider_metrics import DEPLOY_THRESHOLD, OFFICIAL_IOU, Matcher, percent, plain_iou
+from .wider_metrics import OFFICIAL_IOU, Matcher, percent, plain_iou
 from .widerface import ATTRIBUTES, GroundTruth, load_attributes
 
 POOR_IOU = 0.1  # a false positive with IoU 0.1-0.5 to some face is poorly localised
@@ -36,7 +37,7 @@ def size_bin_labels() -> list[str]:
 
 @dataclass
 class Matches:
-    """Every face and every false positive at the deployment score, over all images."""
+    """Every face, and every false positive at the operating score, over all images."""
 
     heights: np.ndarray  # (F,) face heights in pixels
     attributes: np.ndarray  # (F, 6) WIDER attributes, ATTRIBUTES order
@@ -47,8 +48,10 @@ class Matches:
     fp_ref: list[tuple[str, int]]  # (image, prediction index) per false positive
 
 
-def match_faces(preds: dict[str, np.ndarray], gt: GroundTruth, keys: list[str]) -> Matches:
-    """Greedy score-order matching at IoU >= 0.5 per image, every face counting."""
+def match_faces(preds: dict[str, np.ndarray], gt: GroundTruth, keys: list[str],
+                operating_score: float) -> Matches:
+    """Greedy score-order matching at IoU >= 0.5 per image, every face counting; false
+    positives are kept from `operating_score` up."""
     heights, attrs, face_score, face_ref = [], [], [], []
     fp_kind, fp_score, fp_ref = [], [], []
     for key in keys:
@@ -63,7 +66,7 @@ def match_faces(preds: dict[str, np.ndarray], gt: GroundTruth, keys: list[str]) 
                 np.ones(len(boxes), bool), len(pred))
             best_score[matched[status == 1]] = pred[status == 1, 4]
             top = iou.max(axis=1) if len(boxes) else np.zeros(len(pred))
-            false = np.flatnonzero((status == 0) & (pred[:, 4] >= DEPLOY_THRESHOLD))
+            false = np.flatnonzero((status == 0) & (pred[:, 4] >= operating_score))
             fp_kind += np.where(top[false] >= OFFICIAL_IOU, 0,
                                 np.where(top[false] >= POOR_IOU, 1, 2)).tolist()
             fp_score += pred[false, 4].tolist()
@@ -73,10 +76,11 @@ def match_faces(preds: dict[str, np.ndarray], gt: GroundTruth, keys: list[str]) 
                    face_ref, np.array(fp_kind, np.int64), fp_score, fp_ref)
 
 
-def summarize(matches: Matches) -> dict:
-    """Recall by face size, miss rate by attribute, false positives by kind (results.json)."""
+def summarize(matches: Matches, operating_score: float) -> dict:
+    """Recall by face size, miss rate by attribute, false positives by kind (results.json), a
+    face counting as found when its prediction scores at least `operating_score`."""
     heights, attrs = matches.heights, matches.attributes
-    found = matches.face_score >= DEPLOY_THRESHOLD
+    found = matches.face_score >= operating_score
     found_any = matches.face_score > -np.inf
     bins = np.digitize(heights, SIZE_BINS[1:])
     labels = size_bin_labels()
@@ -98,34 +102,38 @@ def summarize(matches: Matches) -> dict:
                             if (group & tall).any() else None})
     false_positives = {kind: int((matches.fp_kind == i).sum())
                        for i, kind in enumerate(FALSE_POSITIVE_KINDS)}
-    return {"threshold": DEPLOY_THRESHOLD, "iou": OFFICIAL_IOU, "faces": int(len(heights)),
+    return {"threshold": operating_score, "iou": OFFICIAL_IOU, "faces": int(len(heights)),
             "recall": float(found.mean()) if len(found) else None,
             "false_positives": false_positives, "misses_by_size": by_size,
             "misses_by_attribute": by_attr}
 
 
 def analyze(preds: dict[str, np.ndarray], gt: GroundTruth, keys: list[str],
-            paths: dict[str, Path], out: Path) -> tuple[dict, list[str]]:
-    """Misses by size and attribute, false positives by kind, plots and galleries into OUT.
+            paths: dict[str, Path], out: Path, operating_score: float = SCORE_THRESHOLD
+            ) -> tuple[dict, list[str]]:
+    """Misses by size and attribute, false positives by kind, plots and galleries into OUT,
+    all at `operating_score` (default: scrfd.py's photo threshold).
 
     Returns the summary for results.json and the markdown section for report.md.
     """
     load_attributes(gt)
-    matches = match_faces(preds, gt, keys)
-    summary = summarize(matches)
-    plot_recall_by_size(summary["misses_by_size"], out / "recall_by_size.png")
-    plot_miss_rates(summary["misses_by_attribute"], out / "miss_rate_by_attribute.png")
-    made = write_galleries(matches, preds, gt, paths, out)
+    matches = match_faces(preds, gt, keys, operating_score)
+    summary = summarize(matches, operating_score)
+    plot_recall_by_size(summary["misses_by_size"], operating_score, out / "recall_by_size.png")
+    plot_miss_rates(summary["misses_by_attribute"], operating_score,
+                    out / "miss_rate_by_attribute.png")
+    made = write_galleries(matches, preds, gt, paths, out, operating_score)
     found_any = float((matches.face_score > -np.inf).mean()) if len(matches.face_score) else None
     return summary, report_lines(summary, len(keys), found_any, made)
 
 
 # ----------------------------------------------------------------------------- galleries
 def write_galleries(matches: Matches, preds: dict[str, np.ndarray], gt: GroundTruth,
-                    paths: dict[str, Path], out: Path) -> list[str]:
-    """The largest faces missed and the highest-scoring false positives; the files written."""
+                    paths: dict[str, Path], out: Path, operating_score: float) -> list[str]:
+    """The largest faces missed and the highest-scoring false positives at the operating
+    score; the files written."""
     heights, attrs = matches.heights, matches.attributes
-    missed = np.flatnonzero(~(matches.face_score >= DEPLOY_THRESHOLD))
+    missed = np.flatnonzero(~(matches.face_score >= operating_score))
     worst_misses = missed[np.argsort(-heights[missed], kind="stable")][:GALLERY_SIZE]
     worst_fps = np.argsort(-np.array(matches.fp_score), kind="stable")[:GALLERY_SIZE]
     face_ref, fp_ref = matches.face_ref, matches.fp_ref
@@ -141,14 +149,16 @@ def write_galleries(matches: Matches, preds: dict[str, np.ndarray], gt: GroundTr
             for i in worst_fps]}
     made = []
     for name, items in galleries.items():
-        if items and write_gallery(items, preds, gt, paths, out / name):
+        if items and write_gallery(items, preds, gt, paths, out / name, operating_score):
             made.append(name)
     return made
 
 
 def write_gallery(items: list, preds: dict[str, np.ndarray], gt: GroundTruth,
-                  paths: dict[str, Path], path: Path, columns: int = 6) -> bool:
-    """Crops around each box (red), with faces (green) and predictions (yellow) drawn.
+                  paths: dict[str, Path], path: Path, operating_score: float,
+                  columns: int = 6) -> bool:
+    """Crops around each box (red), with faces (green) and the predictions kept at the
+    operating score (yellow) drawn.
 
     Images that cannot be read are left out: a gallery is an illustration, not a result.
     """
@@ -172,7 +182,7 @@ def write_gallery(items: list, preds: dict[str, np.ndarray], gt: GroundTruth,
             p2 = (int(round((b[0] + b[2] - x0) * scale)), int(round((b[1] + b[3] - y0) * scale)))
             cv2.rectangle(tile, p1, p2, color, thickness)
         pred = preds[key]
-        for b in pred[pred[:, 4] >= DEPLOY_THRESHOLD, :4]:
+        for b in pred[pred[:, 4] >= operating_score, :4]:
             draw(b, (0, 220, 255))
         for b in gt.boxes[key]:
             draw(b, (0, 200, 0))
@@ -191,11 +201,11 @@ def write_gallery(items: list, preds: dict[str, np.ndarray], gt: GroundTruth,
 
 
 # ----------------------------------------------------------------------------- plots
-def plot_recall_by_size(rows: list[dict], path: Path) -> None:
+def plot_recall_by_size(rows: list[dict], operating_score: float, path: Path) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     labels = [r["height"] for r in rows]
-    for key, label in (("recall", f"score >= {DEPLOY_THRESHOLD:g}"),
+    for key, label in (("recall", f"score >= {operating_score:g}"),
                        ("recall_any_score", f"any score (>= {EVAL_SCORE_THRESHOLD:g})")):
         ax.plot(labels, [np.nan if r[key] is None else r[key] for r in rows], marker="o", label=label)
     for i, r in enumerate(rows):
@@ -207,7 +217,7 @@ def plot_recall_by_size(rows: list[dict], path: Path) -> None:
     save_figure(fig, path)
 
 
-def plot_miss_rates(rows: list[dict], path: Path) -> None:
+def plot_miss_rates(rows: list[dict], operating_score: float, path: Path) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(10, 4.5))
     labels = [f"{r['attribute']}: {r['value']}" for r in rows]
@@ -216,7 +226,7 @@ def plot_miss_rates(rows: list[dict], path: Path) -> None:
                                (0.2, "tall_miss_rate", f"faces >= {ATTRIBUTE_MIN_HEIGHT} px")):
         ax.bar(x + offset, [np.nan if r[key] is None else r[key] for r in rows], 0.4, label=label)
     ax.set_xticks(x, labels, fontsize=8, rotation=40, ha="right")
-    ax.set(ylabel=f"miss rate at score >= {DEPLOY_THRESHOLD:g}", ylim=(0, 1.15),
+    ax.set(ylabel=f"miss rate at score >= {operating_score:g}", ylim=(0, 1.15),
            title="Miss rate per WIDER attribute")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="upper left", ncol=2)
@@ -226,15 +236,15 @@ def plot_miss_rates(rows: list[dict], path: Path) -> None:
 # ----------------------------------------------------------------------------- markdown
 def report_lines(summary: dict, images: int, recall_any_score: float | None,
                  galleries: list[str]) -> list[str]:
-    """The error-analysis section of report.md."""
+    """The error-analysis section of report.md, at the summary's operating score."""
     def one_decimal(value: float | None) -> str:
         return "n/a" if value is None else f"{100 * value:.1f}%"
     by_size, by_attr = summary["misses_by_size"], summary["misses_by_attribute"]
-    false_positives = summary["false_positives"]
-    md = [f"## Error analysis (score >= {DEPLOY_THRESHOLD:g}, IoU >= {OFFICIAL_IOU:g})", "",
+    false_positives, operating_score = summary["false_positives"], summary["threshold"]
+    md = [f"## Error analysis (score >= {operating_score:g}, IoU >= {OFFICIAL_IOU:g})", "",
           f"All {summary['faces']:,} annotated faces of the {images:,} images count (none "
           f"ignored); predictions are matched one-to-one in score order. Recall at score >= "
-          f"{DEPLOY_THRESHOLD:g}: {one_decimal(summary['recall'])}; with every prediction "
+          f"{operating_score:g}: {one_decimal(summary['recall'])}; with every prediction "
           f"(score >= {EVAL_SCORE_THRESHOLD:g}): {one_decimal(recall_any_score)}.", "",
           "### Misses by face height (pixels in the original image)", ""]
     md += markdown_table(["height", "faces", "missed", "recall", "recall, any score"],
@@ -255,7 +265,7 @@ def report_lines(summary: dict, images: int, recall_any_score: float | None,
                "background": f"IoU < {POOR_IOU:g} with every face"}
     md += ["", "![miss rate by attribute](miss_rate_by_attribute.png)", "",
            "### False positives", "",
-           f"{total_fp:,} false positives at score >= {DEPLOY_THRESHOLD:g} "
+           f"{total_fp:,} false positives at score >= {operating_score:g} "
            f"({total_fp / images:.2f} per image).", ""]
     md += markdown_table(["kind", "count", "share"],
                          [[f"{kind} ({meaning[kind]})", f"{n:,}",

@@ -1,6 +1,7 @@
 """WIDER FACE metrics: the official AP (the public evaluation code's rules, vectorised) and the
-rough-detection protocols (plain IoU or centre hits, small faces ignored, FPPI), with their
-tables and plot, and the AP change of a metrics grid against float32.
+rough-detection protocols (plain IoU or centre hits, small faces ignored, FPPI, precision and
+recall at an operating score), with their tables and plot, and the AP change of a metrics grid
+against float32.
 
 The official AP reproduces the public code exactly with one deliberate change: ground truth
 is restricted to the images evaluated, so faces of images that are absent are not misses.
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli import SCORE_THRESHOLD
 from .tables import markdown_table, pyplot, save_figure
 from .widerface import SUBSETS, GroundTruth
 
@@ -20,7 +22,6 @@ THRESHOLDS = 1000  # score thresholds of the public code's precision-recall curv
 PROTOCOLS = ("official", "rough", "rough-iou", "rough-center")
 ROUGH_IOU = 0.3  # rough-iou: a prediction finds a face at IoU >= 0.3
 ROUGH_MIN_HEIGHTS = (16, 32, 64)  # faces shorter than this (pixels, original image) are ignored
-DEPLOY_THRESHOLD = 0.5  # the score an application would use; precision/recall/analysis there
 FPPI_POINTS = (0.1, 1.0)  # report recall at these false positives per image
 
 
@@ -138,6 +139,16 @@ def ranking_warning(preds: dict[str, np.ndarray], keys: list[str]) -> str | None
             "about the detector")
 
 
+def operating_score_warning(operating_score: float, score_threshold: float | None) -> str | None:
+    """Why figures at the operating score are not what they claim (the predictions were cut
+    at a higher score, so nothing in between is there to count), or None."""
+    if score_threshold is None or operating_score >= score_threshold:
+        return None
+    return (f"--operating-score {operating_score:g} is below the predictions' score threshold "
+            f"{score_threshold:g}: detections in between were never kept, so precision, recall "
+            f"and misses are those at {score_threshold:g}")
+
+
 def plot_pr(curves: dict[str, Curve], title: str, path: Path) -> None:
     """Precision against recall, one line per subset that has faces."""
     plt = pyplot()
@@ -220,9 +231,10 @@ class Matcher:
         return status, matched
 
 
-def detection_summary(scores: np.ndarray, status: np.ndarray, positives: int, images: int
-                      ) -> dict:
-    """AP, recall at fixed false positives per image, precision/recall at the deployment score."""
+def detection_summary(scores: np.ndarray, status: np.ndarray, positives: int, images: int,
+                      operating_score: float) -> dict:
+    """AP, recall at fixed false positives per image, and precision, recall and false positives
+    at the operating score (the threshold an application would keep detections at)."""
     kept = status >= 0
     scores, true = scores[kept], status[kept] == 1
     order = np.argsort(-scores, kind="stable")
@@ -238,17 +250,18 @@ def detection_summary(scores: np.ndarray, status: np.ndarray, positives: int, im
     for fppi in FPPI_POINTS:
         within = fp <= fppi * images
         result[f"recall_at_{fppi:g}_fppi"] = float(recall[within].max()) if within.any() else 0.0
-    deployed = scores >= DEPLOY_THRESHOLD
-    n_tp, n_fp = int(true[deployed].sum()), int((~true[deployed]).sum())
-    result.update({f"precision_at_{DEPLOY_THRESHOLD:g}": n_tp / (n_tp + n_fp) if n_tp + n_fp else None,
-                   f"recall_at_{DEPLOY_THRESHOLD:g}": n_tp / positives,
-                   f"false_positives_at_{DEPLOY_THRESHOLD:g}": n_fp})
+    at_score = scores >= operating_score
+    n_tp, n_fp = int(true[at_score].sum()), int((~true[at_score]).sum())
+    result.update({f"precision_at_{operating_score:g}": n_tp / (n_tp + n_fp) if n_tp + n_fp else None,
+                   f"recall_at_{operating_score:g}": n_tp / positives,
+                   f"false_positives_at_{operating_score:g}": n_fp})
     return result
 
 
-def rough_metrics(preds: dict[str, np.ndarray], gt: GroundTruth, keys: list[str], rule: str
-                  ) -> dict[str, dict]:
-    """One rough protocol ('rough-iou' or 'rough-center') at every minimum face height."""
+def rough_metrics(preds: dict[str, np.ndarray], gt: GroundTruth, keys: list[str], rule: str,
+                  operating_score: float = SCORE_THRESHOLD) -> dict[str, dict]:
+    """One rough protocol ('rough-iou' or 'rough-center') at every minimum face height, with
+    precision and recall at `operating_score` (default: scrfd.py's photo threshold)."""
     scores, statuses = [], {h: [] for h in ROUGH_MIN_HEIGHTS}
     positives = dict.fromkeys(ROUGH_MIN_HEIGHTS, 0)
     for key in keys:
@@ -267,7 +280,7 @@ def rough_metrics(preds: dict[str, np.ndarray], gt: GroundTruth, keys: list[str]
     all_scores = np.concatenate(scores) if scores else np.zeros(0)
     return {f"{h}px": detection_summary(
         all_scores, np.concatenate(statuses[h]) if statuses[h] else np.zeros(0, np.int8),
-        positives[h], len(keys)) for h in ROUGH_MIN_HEIGHTS}
+        positives[h], len(keys), operating_score) for h in ROUGH_MIN_HEIGHTS}
 
 
 def rough_protocols(protocol: str) -> list[str]:
@@ -276,19 +289,20 @@ def rough_protocols(protocol: str) -> list[str]:
         protocol, [protocol])
 
 
-def rough_settings() -> dict:
-    """The rough protocols' fixed parameters, as results.json records them."""
+def rough_settings(operating_score: float) -> dict:
+    """The rough protocols' parameters, as results.json records them ("deploy_threshold": the
+    operating score)."""
     return {"iou": ROUGH_IOU, "min_heights": list(ROUGH_MIN_HEIGHTS),
-            "deploy_threshold": DEPLOY_THRESHOLD, "fppi": list(FPPI_POINTS)}
+            "deploy_threshold": operating_score, "fppi": list(FPPI_POINTS)}
 
 
-def rough_table(rough: dict) -> list[str]:
-    """One row per rule and minimum face height."""
+def rough_table(rough: dict, operating_score: float) -> list[str]:
+    """One row per rule and minimum face height; `rough` was measured at `operating_score`."""
     keys = (f"recall_at_{FPPI_POINTS[0]:g}_fppi", f"recall_at_{FPPI_POINTS[1]:g}_fppi",
-            f"precision_at_{DEPLOY_THRESHOLD:g}", f"recall_at_{DEPLOY_THRESHOLD:g}")
+            f"precision_at_{operating_score:g}", f"recall_at_{operating_score:g}")
     header = ["protocol", "min height", "faces", "AP", f"recall @ {FPPI_POINTS[0]:g} FP/img",
-              f"recall @ {FPPI_POINTS[1]:g} FP/img", f"precision @ {DEPLOY_THRESHOLD:g}",
-              f"recall @ {DEPLOY_THRESHOLD:g}"]
+              f"recall @ {FPPI_POINTS[1]:g} FP/img", f"precision @ {operating_score:g}",
+              f"recall @ {operating_score:g}"]
     rows = [[name, height, f"{m['faces']:,}", percent(m["ap"]), *(percent(m.get(k)) for k in keys)]
             for name, by_height in rough.items() for height, m in by_height.items()]
     return markdown_table(header, rows, left=2)
@@ -336,10 +350,11 @@ def report_lines(results: dict, analysis_md: list[str]) -> list[str]:
           "predictions, 1000 thresholds, VOC-style AP (in %).", "", *official_table(results), "",
           "![precision-recall curves](pr_curves.png)", ""]
     if "rough" in results:
+        operating_score = s["rough"]["deploy_threshold"]
         md += ["## Rough-detection protocols", "",
                f"Faces shorter than the minimum height, or marked invalid, are ignored. AP in %; "
                f"recall at 0.1 and 1 false positive per image; precision and recall at score >= "
-               f"{DEPLOY_THRESHOLD:g}.", "", *rough_table(results["rough"]), ""]
+               f"{operating_score:g}.", "", *rough_table(results["rough"], operating_score), ""]
     md += analysis_md
     while md and not md[-1].strip():
         md.pop()

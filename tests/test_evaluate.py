@@ -329,9 +329,24 @@ def test_rough_protocols_by_hand():
     assert m32["faces"] == 1 and m32["ap"] == pytest.approx(1.0)
     assert m32["precision_at_0.5"] == pytest.approx(0.5) and m32["false_positives_at_0.5"] == 1
     assert m64["faces"] == 0 and m64["ap"] is None
+    # at operating score 0.65 only A and the background are kept: B becomes a miss; AP and the
+    # FPPI points do not depend on the operating score
+    strict = wider_metrics.rough_metrics(preds, gt, ["e/a"], "rough-iou", 0.65)["16px"]
+    assert strict["precision_at_0.65"] == 0.5 and strict["recall_at_0.65"] == 0.5
+    assert strict["false_positives_at_0.65"] == 1 and "recall_at_0.5" not in strict
+    assert strict["ap"] == m16["ap"] and strict["recall_at_1_fppi"] == m16["recall_at_1_fppi"]
+    nothing = wider_metrics.rough_metrics(preds, gt, ["e/a"], "rough-iou", 0.95)["16px"]
+    assert nothing["precision_at_0.95"] is None and nothing["recall_at_0.95"] == 0.0
     # invalid faces are ignored too
     gt.invalid["e/a"][0] = True
     assert wider_metrics.rough_metrics(preds, gt, ["e/a"], "rough-iou")["32px"]["faces"] == 0
+
+
+def test_operating_score_below_the_predictions_threshold_is_warned():
+    assert "below the predictions' score threshold 0.02" in \
+        wider_metrics.operating_score_warning(0.01, 0.02)
+    assert wider_metrics.operating_score_warning(0.02, 0.02) is None
+    assert wider_metrics.operating_score_warning(0.3, None) is None  # files of unknown origin
 
 
 def test_center_hit_rule():
@@ -459,6 +474,8 @@ SCORED = ("--predictions", "{preds}")  # a valid run, to which each case adds on
     ((*SCORED, "--nms-threshold", "-0.1"), "--nms-threshold must be between 0 and 1"),
     ((*SCORED, "--score-threshold", "nan"), "--score-threshold must be between 0 and 1"),
     ((*SCORED, "--score-threshold", "high"), "invalid float value"),
+    ((*SCORED, "--operating-score", "1.5"), "--operating-score must be between 0 and 1"),
+    ((*SCORED, "--operating-score", "-0.1"), "--operating-score must be between 0 and 1"),
     ((*SCORED, "--threads", "0"), "--threads must be at least 1"),
     ((*SCORED, "--size", "100,100"), "not a multiple of 32"),
     ((*SCORED, "--size", "640,640"), "--size applies to --model files only"),
@@ -599,6 +616,44 @@ def test_rough_protocol_and_analysis_of_a_finished_run(small_run, wider_dir):
                   "gallery_misses.jpg"):
         assert f"({image})" in report and cv2.imread(str(out / image)) is not None
     assert "rough-center" in proc.stdout and "error analysis" in proc.stdout
+
+
+def test_operating_score_moves_rough_figures_and_analysis(small_run, wider_dir, tmp_path):
+    """The rough protocols' precision and recall and the error analysis are taken at
+    --operating-score: a lower score finds at least as many faces, and every label says which
+    score. Re-analysing a finished run takes the score from the option, not from the run."""
+    out = tmp_path / "out"
+    low = run_script(SCRIPT, "--predictions", small_run["out"] / "predictions", "--wider",
+                     wider_dir, "--images-list", small_run["listing"], "--protocol", "rough",
+                     "--analyze", "--operating-score", "0.3", "--out", out)
+    at_low = json.loads((out / "results.json").read_text())
+    low_report = (out / "report.md").read_text()
+    default = run_script(SCRIPT, "--analyze", "--out", out)  # the finished run, default score
+    at_default = json.loads((out / "results.json").read_text())
+    default_report = (out / "report.md").read_text()
+
+    assert at_low["settings"]["rough"]["deploy_threshold"] == at_low["analysis"]["threshold"] == 0.3
+    assert at_default["settings"]["rough"]["deploy_threshold"] == 0.5
+    assert at_default["analysis"]["threshold"] == 0.5 and at_default["protocol"] == "rough"
+    for rule in ("rough-iou", "rough-center"):
+        for height in ("16px", "32px", "64px"):
+            a, b = at_low["rough"][rule][height], at_default["rough"][rule][height]
+            assert a["recall_at_0.3"] >= b["recall_at_0.5"]
+            assert a["false_positives_at_0.3"] >= b["false_positives_at_0.5"]
+            assert a["ap"] == b["ap"] and "recall_at_0.5" not in a
+    assert at_low["analysis"]["recall"] > at_default["analysis"]["recall"]
+    for a, b in zip(at_low["analysis"]["misses_by_size"], at_default["analysis"]["misses_by_size"]):
+        assert a["missed"] <= b["missed"] and a["faces"] == b["faces"]
+    assert sum(at_low["analysis"]["false_positives"].values()) >= \
+        sum(at_default["analysis"]["false_positives"].values())
+    assert [at_low[s] for s in SUBSETS] == [at_default[s] for s in SUBSETS]  # AP: every score
+    for text, score in ((low.stdout + low_report, "0.3"), (default.stdout + default_report, "0.5")):
+        for label in (f"| precision @ {score} | recall @ {score} |",
+                      f"## Error analysis (score >= {score}, IoU >= 0.5)",
+                      f"false positives at score >= {score} (",
+                      f"error analysis at score >= {score}: recall"):
+            assert label in text, label
+    assert "@ 0.3" not in default_report and "score >= 0.3" not in default_report
 
 
 # ----------------------------------------------------------------------------- FLOPs and grid

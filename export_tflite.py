@@ -31,8 +31,9 @@ from scrfdkit.cli import ArgumentParser, UserError, cli, positive_int
 from scrfdkit.decode import INPUT_MEAN, INPUT_STD, KINDS, STRIDES, identify_outputs
 from scrfdkit.files import find_images, sha256_of
 from scrfdkit.int8 import calibration_images, calibration_tensor, prepare_int8_onnx, quantize_int8
-from scrfdkit.model_files import (TFLITE_SHA256, check_output_path, export_family, export_name,
-                                  metadata_path, replace_model, write_metadata)
+from scrfdkit.model_files import (TFLITE_SHA256, check_output_path, embed_metadata,
+                                  export_family, export_name, metadata_path, replace_model,
+                                  write_metadata)
 from scrfdkit.onnx_edit import onnx2tf_test_data, onnx_metadata, run_onnx2tf, static_input
 from scrfdkit.parity import FLOAT32_TOLERANCE, parity, parity_table, worst_error
 from scrfdkit.runners import OnnxRunner, tflite_interpreter
@@ -111,7 +112,6 @@ def build_metadata(tflite_path: Path, onnx_path: Path, family: str, precision: s
         "calibration": ({"images": len(calib_paths), "quant_type": quant_type, **(recipe or {})}
                         if calib_paths else None),
         "converter": {"onnx2tf": onnx2tf.__version__, "tensorflow": tf.__version__},
-        TFLITE_SHA256: sha256_of(tflite_path),
     }
 
 
@@ -176,9 +176,10 @@ def main() -> int:
         with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as stage:
             staged = Path(stage) / out.name  # the new pair waits here until it has passed
             shutil.copyfile(produced, staged)
-            write_metadata(staged, build_metadata(staged, args.onnx, family, precision,
-                                                  (height, width), calib_paths, args.quant_type,
-                                                  recipe))
+            meta = build_metadata(staged, args.onnx, family, precision, (height, width),
+                                  calib_paths, args.quant_type, recipe)
+            embed_metadata(staged, meta)  # a .tflite copied alone still describes itself
+            write_metadata(staged, {**meta, TFLITE_SHA256: sha256_of(staged)})
             print(f"converted in {time.perf_counter() - started:.0f} s")
             worst = parity(args.onnx, staged, photos)
             print("\n".join(parity_table(worst, len(photos))))

@@ -24,6 +24,7 @@ PRECISION_ALIASES = {"fp16": "float16", "integer_quant": "int8", "dynamic_range_
                      "dynamic-range": "dynamic"}
 MODEL_SUFFIXES = (".onnx", ".tflite")
 TFLITE_SHA256 = "tflite_sha256"  # sidecar key: the .tflite's own sha256 when it was exported
+EMBEDDED_NAME = "scrfd_metadata"  # the .tflite's own metadata entry holding the same JSON
 
 
 # ----------------------------------------------------------------------------- sidecar
@@ -33,17 +34,30 @@ def metadata_path(model_path: str | os.PathLike) -> Path:
 
 
 def read_metadata(model_path: str | os.PathLike) -> dict | None:
-    """The export's metadata for a .tflite, or None when it has no sidecar."""
+    """The export's metadata for a .tflite: its sidecar, else the copy export_tflite.py
+    embedded in the .tflite itself (a model copied alone to a device keeps it); None when
+    neither exists (a .tflite made elsewhere)."""
     path = metadata_path(model_path)
     if not path.exists():
-        return None
+        if Path(model_path).suffix.lower() != ".tflite" or not Path(model_path).is_file():
+            return None
+        text = read_embedded_metadata(model_path)
+        return None if text is None else _parse_metadata(text, f"{model_path} (embedded)")
     try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
+        text = path.read_text()
+    except OSError as err:
         raise UserError(f"cannot read model metadata {path}: {err}") from None
+    return _parse_metadata(text, str(path))
+
+
+def _parse_metadata(text: str, where: str) -> dict:
+    try:
+        meta = json.loads(text)
+    except ValueError as err:
+        raise UserError(f"cannot read model metadata {where}: {err}") from None
     if not isinstance(meta, dict) or meta.get("format") != METADATA_FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else None
-        raise UserError(f"{path} is not scrFDOnlyInference metadata (format {found!r})")
+        raise UserError(f"{where} is not scrFDOnlyInference metadata (format {found!r})")
     return meta
 
 
@@ -61,6 +75,55 @@ def write_metadata(model_path: str | os.PathLike, meta: dict) -> Path:
     with atomic_write(path) as handle:
         json.dump({"format": METADATA_FORMAT, **meta}, handle, indent=1)
     return path
+
+
+def embed_metadata(tflite_path: Path, meta: dict) -> None:
+    """Store the metadata's JSON inside the .tflite (its flatbuffer `metadata` list, entry
+    "scrfd_metadata"), rewriting the file in place. Export only: needs TensorFlow's schema."""
+    import numpy as np
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(tflite_path.read_bytes()))
+    payload = json.dumps({"format": METADATA_FORMAT, **meta}, indent=1).encode()
+    entries = [m for m in (model.metadata or []) if m.name not in (EMBEDDED_NAME.encode(),
+                                                                   EMBEDDED_NAME)]
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(payload, np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = EMBEDDED_NAME, len(model.buffers) - 1
+    model.metadata = entries + [entry]
+    tflite_path.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(model)))
+
+
+def read_embedded_metadata(tflite_path: str | os.PathLike) -> str | None:
+    """The JSON export_tflite.py embedded in a .tflite, or None; pure Python, no TensorFlow."""
+    check_tflite(tflite_path)  # the whole structure first: damage gets its one clear message
+    try:
+        data = Path(tflite_path).read_bytes()
+        buffer = _FlatBuffer(data)
+        model = buffer.table(buffer.read("<I", 0, "the root offset"), "model")
+        buffers = buffer.tables(model, 4, "model.buffers")
+        for item in buffer.tables(model, 6, "model.metadata"):
+            name_at = buffer.target(item, 0, f"{item.name}.name")
+            if name_at is None:
+                continue
+            start, count = buffer.vector(name_at, 1, f"{item.name}.name")
+            if bytes(data[start:start + count]) != EMBEDDED_NAME.encode():
+                continue
+            index = buffer.scalar(item, 1, "<I")
+            data_at = buffer.target(buffers[index], 0, f"model.buffers[{index}].data") \
+                if index < len(buffers) else None
+            if data_at is None:
+                return None
+            start, count = buffer.vector(data_at, 1, f"model.buffers[{index}].data")
+            return bytes(data[start:start + count]).decode("utf-8", "replace")
+    except _Damaged as err:
+        raise UserError(f"{tflite_path} is damaged: {err} (copy or export it again)") from None
+    except OSError as err:
+        raise UserError(f"cannot read {tflite_path}: {err.strerror or err}") from None
+    return None
 
 
 def check_unaltered(model_path: str | os.PathLike, meta: dict | None) -> None:

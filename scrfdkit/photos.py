@@ -42,6 +42,9 @@ def output_paths(images: list[Path], out_dir: Path, suffix: str | None = None) -
         outputs = [out_dir / p.relative_to(root) for p in resolved]
     if suffix:
         outputs = [p.with_suffix(suffix) for p in outputs]
+    # a photo whose format OpenCV reads but cannot write (.jfif, ...) is written as <name>.png
+    outputs = [p if cv2.haveImageWriter(f"x{p.suffix}") else p.with_name(f"{p.name}.png")
+               for p in outputs]
     for image, output in zip(images, outputs):
         if same_file(output, image):
             raise UserError(f"--out {display(out_dir)} would overwrite the input {display(image)}; "
@@ -60,13 +63,14 @@ def image_format(text: str | None) -> str | None:
 
 
 def encode(path: Path, image: np.ndarray) -> bytes:
-    """The image in the format its name says (PNG bytes where OpenCV cannot write that)."""
+    """The image in the format its name says; ValueError when OpenCV cannot encode it."""
     try:
         ok, data = cv2.imencode(path.suffix or ".png", image)
-    except cv2.error:
-        ok = False
+    except cv2.error as err:
+        raise ValueError(f"OpenCV cannot encode {path.name}: {str(err).strip().splitlines()[-1]}"
+                         ) from None
     if not ok:
-        ok, data = cv2.imencode(".png", image)
+        raise ValueError(f"OpenCV cannot encode {path.name}")
     return data.tobytes()
 
 

@@ -8,6 +8,7 @@ subprocess, since before these checks LiteRT crashed the whole process (segmenta
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -203,3 +204,23 @@ def test_ctrl_c_between_the_two_renames_waits_for_the_second(tmp_path, monkeypat
     with pytest.raises(KeyboardInterrupt):
         replace_model(staged, target)
     assert target.read_text() == "model new" and metadata_path(target).read_text() == "sidecar new"
+
+
+def test_a_lone_tflite_describes_itself(tflite_float32, samples_dir, tmp_path):
+    """Copied without its sidecar, the export still runs with its own embedded metadata and
+    finds exactly the same faces."""
+    from scrfdkit.model_files import read_embedded_metadata, read_metadata
+
+    alone = tmp_path / "only" / tflite_float32.name
+    alone.parent.mkdir()
+    shutil.copyfile(tflite_float32, alone)
+    embedded = read_metadata(alone)
+    sidecar = read_metadata(tflite_float32)
+    assert read_embedded_metadata(alone) is not None
+    assert embedded == {k: v for k, v in sidecar.items() if k != "tflite_sha256"}
+    faces = []
+    for model, out in ((tflite_float32, tmp_path / "with"), (alone, tmp_path / "alone")):
+        run_script("scrfd.py", "--model", model, "--image", samples_dir / "friends.jpg",
+                   "--out", out)
+        faces.append((out / "faces.jsonl").read_text())
+    assert faces[0] == faces[1] and json.loads(faces[0])["faces"]

@@ -136,7 +136,7 @@ def check_inputs(args: argparse.Namespace) -> Path | None:
 
 def run_statistics(paths: list[Path], hws: list[tuple[int, int]] | None, image: Path | None) -> int:
     """--analyze: every model at every size; a model that fails is reported and the others run."""
-    failures = 0
+    failures: list[str] = []
     for path in paths:
         for hw in hws or [None]:
             try:
@@ -145,13 +145,13 @@ def run_statistics(paths: list[Path], hws: list[tuple[int, int]] | None, image: 
                 xnn = xnnpack_coverage(path, hw) if graph.format == "tflite" else None
             except ModelStatsError as err:
                 print(f"\n== {path}\ncannot analyse: {err}")
-                failures += 1
+                failures.append(str(err))
                 continue
             backend = "litert" if graph.format == "tflite" else "onnxruntime"
             memory = fresh_process_memory(path, backend, 1, hw if graph.format == "onnx" else None, image)
             print_statistics(info, memory, xnn)
-    if failures == len(paths) * len(hws or [None]):
-        raise UserError("no model could be analysed (see the messages above)")
+    if len(failures) == len(paths) * len(hws or [None]):
+        raise UserError(f"no model could be analysed: {failures[-1]}")
     return 0
 
 
@@ -248,7 +248,9 @@ def main() -> int:
     configs, statistics = prepare(choose_models(args), backends, args, image)
     live = [c for c in configs if c.runner is not None]
     if not live:
-        raise UserError("nothing could be timed (see the messages above)")
+        reasons = [c.error for c in configs if c.error]
+        raise UserError("nothing could be timed" + (f": {reasons[-1]}" if reasons else
+                                                     " (see the messages above)"))
     speed.time_configs(live, image, args.repeat, args.iters, args.score, args.nms)
 
     rows = [speed.make_row(c, statistics.get(f"{c.model}@{c.hw}", {}), env, gpu_name, args.score,

@@ -11,6 +11,12 @@ name); writes compare.md, compare.csv and compare.png.
     python compare_detectors.py --detectors yunet blazeface_full --models models/scrfd500m_640x640_float32.tflite
     python compare_detectors.py --list --image data/friends.jpg   # which peers run here; faces and ms per image
     python compare_detectors.py --settings                     # the peers' input sizes and thresholds (README table)
+    python compare_detectors.py --detectors yunet --evaluate --ray  # missing APs evaluated on a Ray cluster
+
+--evaluate first evaluates on WIDER FACE the detectors that have no results.json yet, as
+`make compare` does with evaluate_widerface.py (peers into OUT/<name>, SCRFD exports into
+OUT/scrfd/<model>_<H>x<W>); --ray makes each of those evaluations a Ray task. The timing
+always runs here, after them.
 """
 from __future__ import annotations
 
@@ -22,15 +28,18 @@ import numpy as np
 
 from scrfdkit.cli import (DATA_DIR, MODELS_DIR, RESULTS_DIR, SHARED, ArgumentParser, UserError, cli,
                           parse_hw, positive_int)
-from scrfdkit.comparison import (ROUGH_KEY, comparison_table, eval_index, mark_pareto,
-                                 plot_comparison)
-from scrfdkit.files import check_output_folder, find_images, read_image, sha256_of
+from scrfdkit.comparison import (ROUGH_KEY, comparison_table, eval_index, evaluate_missing,
+                                 mark_pareto, plot_comparison, result_key)
+from scrfdkit.evaluation import EvaluationSettings, require_ray
+from scrfdkit.files import check_output_folder, find_images, read_image
 from scrfdkit.memory_probe import detector_memory
 from scrfdkit.model_grid import GRID_SIZES, expand_models, grid_models
-from scrfdkit.peers import PEERS, DEFAULT_PEERS_DIR, PEERS_DIR_ENV, available_peers, open_detector
+from scrfdkit.peers import (PEERS, DEFAULT_PEERS_DIR, PEERS_DIR_ENV, available_peers, open_detector,
+                            peers_dir)
 from scrfdkit.speed import csv_rows
 from scrfdkit.tables import markdown_table, write_csv, write_markdown
 from scrfdkit.timing import environment, interleaved_rounds, latency_summary, time_calls
+from scrfdkit.widerface import DEFAULT_WIDER, IMAGES_DIR
 
 DEFAULT_OUT = RESULTS_DIR / "compare"  # compare.md, compare.csv, compare.png
 DEFAULT_EVAL = "results/**/results.json"  # evaluate_widerface.py runs to take the APs from
@@ -89,6 +98,22 @@ def parse_args() -> argparse.Namespace:
                         help=f"peer models folder (default ${PEERS_DIR_ENV} or {DEFAULT_PEERS_DIR})")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="where compare.md, compare.csv and compare.png go (default results/compare)")
+    parser.add_argument("--evaluate", action="store_true",
+                        help="first evaluate on WIDER FACE val (official and rough protocols, "
+                             "--threads threads) every compared detector --eval-results has no "
+                             "result for, into OUT/<name> (SCRFD exports OUT/scrfd/<model>_<H>x<W>)")
+    parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                        help="run the --evaluate evaluations (implied) as tasks on a Ray cluster "
+                             "(no ADDRESS: RAY_ADDRESS, a local `ray start` cluster, else a new "
+                             "one; 'local' always a new one here); the timing still runs here, "
+                             "the detectors interleaved round by round, once the evaluations are "
+                             "done: latencies taken on different machines could not be compared")
+    parser.add_argument("--wider", type=Path, default=DEFAULT_WIDER,
+                        help=f"WIDER FACE root for --evaluate, with {IMAGES_DIR}/ and "
+                             "ground_truth/ (default data/)")
+    parser.add_argument("--images-list", type=Path, default=None,
+                        help="--evaluate only these images (<event>/<image>.jpg per line, like "
+                             "dev_images.txt); default: every image present under --wider")
     parser.add_argument("--list", action="store_true",
                         help="only list the peers and whether they run here (with --image: faces "
                              "found and median ms per image) and exit")
@@ -161,7 +186,7 @@ def entry_row(entry: Entry, threads: int, results: dict[str, dict]) -> dict:
            "score_threshold": det.score_threshold, "nms_threshold": det.nms_threshold,
            "threads": threads, "median_ms": latency["median_ms"], "p90_ms": latency["p90_ms"],
            "size_mb": sum(f.stat().st_size for f in files if f.is_file()) / MB if files else None}
-    result = results.get(sha256_of(files[0]) if entry.kind == "scrfd" and files else entry.target)
+    result = results.get(result_key(entry.kind, entry.target))
     if result:
         row.update({s: 100 * float(result[s]) for s in ("easy", "medium", "hard")})
         rough = (result.get("rough") or {}).get(ROUGH_KEY[0], {}).get(ROUGH_KEY[1])
@@ -215,6 +240,10 @@ def main() -> int:
     if unknown:
         raise UserError(f"unknown detector {unknown[0]!r}; choose from all, {', '.join(PEERS)}")
     check_output_folder(args.out, "--out")
+    if args.images_list is not None and not args.images_list.is_file():
+        raise UserError(f"images list not found: {args.images_list}")
+    if args.ray is not None:
+        require_ray()
     models = expand_models(args.models) if args.models else [
         m for m in grid_models(args.models_dir, args.hw or list(GRID_SIZES))[0] if m.suffix == ".tflite"]
     photos = choose_photos(args.image)
@@ -222,10 +251,16 @@ def main() -> int:
     env = environment()
 
     live = open_entries(names, models, args.threads, args.peers_dir)
+    evaluated = []
+    if args.evaluate or args.ray is not None:
+        settings = EvaluationSettings(args.wider, args.images_list, "rough", threads=args.threads,
+                                      peers_dir=peers_dir(args.peers_dir).resolve())
+        evaluated = evaluate_missing([(e.kind, e.target) for e in live], eval_index(args.eval_results),
+                                     settings, args.out, args.ray)
     print(f"\ntiming {len(live)} detectors' detect() on {len(photos)} photo(s), {args.threads} thread(s), "
           f"{repeat} rounds, interleaved")
     time_entries(live, [image for _, image in photos], repeat)
-    results = eval_index(args.eval_results)
+    results = eval_index(args.eval_results, *evaluated)
     rows = []
     for entry in live:
         row = entry_row(entry, args.threads, results)

@@ -8,186 +8,50 @@ error analysis, and a metrics grid over models and input sizes.
         --predictions results/m/predictions --out results/m_at_0.3     # what --blur would miss
     python evaluate_widerface.py --predictions preds/ --out results/p  # score existing files
     python evaluate_widerface.py --grid --model a.onnx --model b.onnx --size 640,640 --size 128,160
+    python evaluate_widerface.py --grid --model a.tflite --model b.tflite --ray   # on a Ray cluster
 
 Inference follows the SCRFD paper's "VGA" protocol (letterbox into 640x640, score threshold
 0.02, NMS IoU 0.45) and writes one prediction file per image in the official format, so the
 public WIDER FACE evaluation code can read them too. The official AP reproduces that code
 exactly (its matching rules included), with one deliberate change: ground truth is restricted
 to the images evaluated, so faces of images that are absent are not counted as misses.
+
+--grid --ray (pip install -r requirements-scale.txt) makes each (model, size) evaluation a Ray
+task of --threads CPUs; the tables are those of a run here. The models, --wider, --out and the
+working folder must be at the same path on every node.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
-from scrfdkit import SCRFD
 from scrfdkit.cli import (DEFAULT_INPUT_HW, EVAL_NMS_THRESHOLD, EVAL_SCORE_THRESHOLD, RESULTS_DIR,
                           SCORE_THRESHOLD, UserError, cli, parse_hw)
-from scrfdkit.error_analysis import analyze
-from scrfdkit.files import sha256_of
+from scrfdkit.evaluation import (TASK_LOG, EvaluationSettings, evaluate, evaluate_all,
+                                 grid_evaluations, require_ray)
 from scrfdkit.model_files import family_of, fixed_input_hw
 from scrfdkit.model_stats import model_flops
-from scrfdkit.peers import PEERS, make_detector, model_path as peer_model_path
+from scrfdkit.peers import PEERS, model_path as peer_model_path
 from scrfdkit.tables import markdown_table, print_markdown, write_csv, write_markdown
-from scrfdkit.timing import Profile
-from scrfdkit.wider_metrics import (OFFICIAL_IOU, PROTOCOLS, ROUGH_IOU, THRESHOLDS,
-                                    add_float32_change, describe_run, official_curves,
-                                    official_table, operating_score_warning, percent, plot_pr,
-                                    ranking_warning, report_lines, rough_metrics, rough_protocols,
-                                    rough_settings, rough_table)
-from scrfdkit.widerface import (DEFAULT_WIDER, IMAGES_DIR, PREDICTIONS_DIR, SUBSETS,
-                                load_ground_truth, predict_images, prediction_path,
-                                prepare_prediction_folder, read_predictions, read_results,
-                                select_images, stale_predictions, write_images_list,
-                                write_results)
+from scrfdkit.wider_metrics import PROTOCOLS, ROUGH_IOU, add_float32_change, percent
+from scrfdkit.widerface import DEFAULT_WIDER, IMAGES_DIR, SUBSETS
 
 DEFAULT_OUT = RESULTS_DIR / "widerface"
 
 
-def predict(model: Path | str, size: tuple[int, int] | None, keys: list[str],
-            paths: dict[str, Path], out: Path, args: argparse.Namespace) -> dict:
-    """Write a prediction file per image, reusing those a run with the same settings left.
-
-    An SCRFD model file (a Path) runs at the given thresholds; a peer detector (a name) at
-    its own evaluation settings. Images that cannot be read are skipped and listed.
-    """
-    if isinstance(model, Path):
-        detector = SCRFD(model, size, args.score_threshold, args.nms_threshold, max_faces=0,
-                         threads=args.threads)
-        model_file, name = model, model.name
-    else:
-        detector = make_detector(model, evaluation=True, threads=args.threads)
-        model_file, name = Path(detector.model_path), model
-    input_hw = list(detector.input_hw) if detector.input_hw else None
-    settings = {"detector": name, "model_sha256": sha256_of(model_file), "input_size": input_hw,
-                "score_threshold": detector.score_threshold,
-                "nms_threshold": detector.nms_threshold}
-    pred_dir = out / PREDICTIONS_DIR
-    changed = prepare_prediction_folder(out, settings, model_file)
-    if changed:
-        print(f"{pred_dir} was made with other settings ({', '.join(changed)}): predicting again")
-
-    todo = [key for key in keys if not prediction_path(pred_dir, key).is_file()]
-    skipped, profile = predict_images(detector, todo, paths, pred_dir, name)
-    seconds = profile.totals["image"]
-    done = len(todo) - len(skipped)
-    rate = done / seconds if done and seconds > 0 else None
-    print(f"detected {done} images in {seconds:.1f} s"
-          + (f" ({rate:.1f} images/s)" if rate else "")
-          + f"; reused {len(keys) - len(todo)} prediction files from an earlier run"
-          + (f"; skipped {len(skipped)} unreadable images" if skipped else ""))
-    if stale := stale_predictions(pred_dir, keys):
-        print(f"note: {pred_dir} also holds {stale} files of images outside this evaluation; "
-              "tools that read the whole folder will count them")
-    runner = getattr(detector, "runner", None)  # peers other than SCRFD have their own runtime
-    precision = runner.precision if runner is not None else getattr(detector, "precision",
-                                                                     "float32")
-    return {"model": {"name": name, "path": str(model_file.resolve()),
-                      "sha256": settings["model_sha256"],
-                      "backend": getattr(runner or detector, "backend", "unknown"),
-                      "precision": precision},
-            "input_size": input_hw, "skipped_images": skipped,
-            "score_threshold": settings["score_threshold"],
-            "nms_threshold": settings["nms_threshold"],
-            "timing": {"predicted": done, "reused": len(keys) - len(todo),
-                       "seconds": round(seconds, 2), "images_per_second": rate and round(rate, 2)}}
-
-
-def evaluate(args: argparse.Namespace, model: Path | str | None, size: tuple[int, int] | None,
-             out: Path) -> dict:
-    """Predict (or take existing predictions), score them, write results.json and report.md."""
-    previous = read_results(out) if model is None and args.predictions is None else {}
-    settings = previous.get("settings", {})
-    wider = args.wider or Path(settings.get("wider", DEFAULT_WIDER))
-    images_list = args.images_list or (out / "images.txt" if previous else None)
-    protocol = args.protocol or previous.get("protocol", "official")
-    gt = load_ground_truth(wider)
-    pred_dir = args.predictions or Path(settings.get("predictions", out / PREDICTIONS_DIR))
-    keys, paths = select_images(gt, images_list, need_files=model is not None,
-                                predictions=pred_dir if model is None else None, exclude=out)
-    print(f"{len(keys):,} images to evaluate from {images_list or wider / IMAGES_DIR}")
-
-    run = {"model": previous.get("model"), "input_size": settings.get("input_size"),
-           "skipped_images": previous.get("skipped_images", []), "timing": previous.get("timing")}
-    if model is not None:
-        run = predict(model, size, keys, paths, out, args)
-        keys = [k for k in keys if k not in set(run["skipped_images"])]
-        if not keys:
-            raise UserError("no image could be read")
-    profile = Profile()
-    with profile("evaluation"):
-        preds, missing = read_predictions(pred_dir, keys)
-        if missing:
-            print(f"warning: {len(missing)} images have no prediction file in {pred_dir} (first: "
-                  f"{missing[0]}); their faces count as misses", file=sys.stderr)
-        if warning := ranking_warning(preds, keys):
-            print(f"warning: {warning}", file=sys.stderr)
-        curves = official_curves(preds, gt, keys)
-        results = {subset: curves[subset].ap for subset in SUBSETS}
-        results.update({"images": len(keys), "protocol": protocol,
-                        "faces": {s: curves[s].faces for s in SUBSETS}, "model": run["model"]})
-        if protocol != "official":
-            results["rough"] = {name: rough_metrics(preds, gt, keys, name, args.operating_score)
-                                for name in rough_protocols(protocol)}
-        results["settings"] = {
-            "input_size": run["input_size"],
-            "score_threshold": run.get("score_threshold", settings.get("score_threshold")),
-            "nms_threshold": run.get("nms_threshold", settings.get("nms_threshold")),
-            "iou_threshold": OFFICIAL_IOU, "thresholds": THRESHOLDS,
-            "rough": rough_settings(args.operating_score),
-            "wider": str(wider.resolve()), "images_list": str(images_list) if images_list else None,
-            "predictions": str(pred_dir.resolve())}
-        results.update({"skipped_images": run["skipped_images"], "missing_predictions": missing,
-                        "timing": run["timing"]})
-        if (protocol != "official" or args.analyze) and (warning := operating_score_warning(
-                args.operating_score, results["settings"]["score_threshold"])):
-            print(f"warning: {warning}", file=sys.stderr)
-        out.mkdir(parents=True, exist_ok=True)
-        plot_pr(curves, f"WIDER FACE val ({len(keys):,} images)", out / "pr_curves.png")
-        analysis_md: list[str] = []
-        if args.analyze:
-            results["analysis"], analysis_md = analyze(preds, gt, keys, paths, out,
-                                                       args.operating_score)
-    results["timing"] = {**(results["timing"] or {}),
-                         "evaluation_seconds": round(profile.totals["evaluation"], 2)}
-    if out / "images.txt" != images_list:
-        write_images_list(out / "images.txt", keys, paths)
-    write_results(out, results)
-    report = write_markdown(out / "report.md", report_lines(results, analysis_md))
-
-    print(f"\nWIDER FACE val, {describe_run(results)}: {len(keys):,} images, official protocol")
-    print_markdown(official_table(results))
-    if "rough" in results:
-        print("\nrough-detection protocols")
-        print_markdown(rough_table(results["rough"], args.operating_score))
-    if args.analyze:
-        fps = results["analysis"]["false_positives"]
-        print(f"\nerror analysis at score >= {args.operating_score:g}: recall "
-              f"{percent(results['analysis']['recall'])}%, false positives "
-              + ", ".join(f"{k} {v:,}" for k, v in fps.items()))
-    print(f"\nwrote {out / 'results.json'}, {report} (plots beside it); predictions in {pred_dir}")
-    return results
-
-
-def run_grid(args: argparse.Namespace, out: Path) -> None:
+def run_grid(args: argparse.Namespace, settings: EvaluationSettings, out: Path) -> None:
     """Every --model at every --size (fixed-size exports at their own size): one table."""
+    evaluations = grid_evaluations(args.model, args.size, DEFAULT_INPUT_HW, out)
     rows = []
-    for model in args.model:
-        fixed = fixed_input_hw(model)
-        sizes = [fixed] if fixed else (args.size or [DEFAULT_INPUT_HW])
-        if fixed and args.size and fixed not in args.size:
-            print(f"note: {model.name} is fixed at {fixed[0]}x{fixed[1]}; evaluated at that size")
-        for size in sizes:
-            print(f"\n=== {model.name} at {size[0]}x{size[1]}")
-            results = evaluate(args, model, size, out / f"{model.stem}_{size[0]}x{size[1]}")
-            rows.append({"Model": model.stem, "Input shape": f"{size[0]}x{size[1]}",
-                         "Precision": results["model"]["precision"],
-                         "FLOPs": f"{model_flops(model, size) / 1e9:.2f} G",
-                         "Size MB": f"{model.stat().st_size / 1e6:.2f}",
-                         **{s.capitalize(): percent(results[s]) for s in SUBSETS},
-                         "Images": results["images"], "_family": family_of(model)})
+    for evaluation, results in zip(evaluations, evaluate_all(evaluations, settings, args.ray)):
+        model, size = evaluation.model, evaluation.size
+        rows.append({"Model": model.stem, "Input shape": f"{size[0]}x{size[1]}",
+                     "Precision": results["model"]["precision"],
+                     "FLOPs": f"{model_flops(model, size) / 1e9:.2f} G",
+                     "Size MB": f"{model.stat().st_size / 1e6:.2f}",
+                     **{s.capitalize(): percent(results[s]) for s in SUBSETS},
+                     "Images": results["images"], "_family": family_of(model)})
     add_float32_change(rows)
     images = sorted({row["Images"] for row in rows})
     head = [k for k in rows[0] if k != "Images" and not k.startswith("_")]
@@ -253,8 +117,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "the SCRFD paper's VGA protocol)")
     parser.add_argument("--nms-threshold", type=float, default=EVAL_NMS_THRESHOLD,
                         help="NMS IoU threshold, 0..1 (default %(default)s)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="inference threads (default: all %(default)s cores)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help=f"inference threads (default: all {os.cpu_count() or 1} cores; "
+                             "with --ray, 1 per evaluation)")
+    parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                        help="with --grid: each evaluation a task on a Ray cluster, its output "
+                             f"in OUT/<model>_<H>x<W>/{TASK_LOG}; no ADDRESS joins or starts one "
+                             "as Ray does (RAY_ADDRESS, then a local `ray start` cluster, else "
+                             "a new one); 'auto', host:port or ray://host:10001 name one, "
+                             "'local' always starts a new one here")
     return parser.parse_args(argv)
 
 
@@ -264,7 +135,7 @@ def check_options(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if not 0.0 <= value <= 1.0:  # also false for nan
             raise UserError(f"--{name.replace('_', '-')} must be between 0 and 1, got {value}")
-    if args.threads < 1:
+    if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be at least 1, got {args.threads}")
     for model in args.model:
         if not model.is_file():
@@ -292,6 +163,10 @@ def check_options(args: argparse.Namespace) -> None:
             raise UserError("give --model (or --predictions), or --analyze --out a finished run")
     if args.size and not args.model:
         raise UserError("--size applies to --model files only")
+    if args.ray is not None:
+        if not args.grid:
+            raise UserError("--ray runs the evaluations of a --grid; give --grid")
+        require_ray()
 
 
 def check_out(out: Path, args: argparse.Namespace) -> None:
@@ -324,10 +199,14 @@ def main() -> None:
         out = args.out or DEFAULT_OUT / (f"{model.stem}_{size[0]}x{size[1]}" if model
                                          else args.predictions.resolve().name)
     check_out(out, args)
+    settings = EvaluationSettings(
+        args.wider, args.images_list, args.protocol, args.predictions, args.analyze,
+        args.operating_score, args.score_threshold, args.nms_threshold,
+        threads=args.threads or (1 if args.ray is not None else os.cpu_count() or 1))
     if args.grid:
-        run_grid(args, out)
+        run_grid(args, settings, out)
     else:
-        evaluate(args, model or args.detector, size, out)
+        evaluate(settings, model or args.detector, size, out)
 
 
 if __name__ == "__main__":

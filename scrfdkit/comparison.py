@@ -1,10 +1,14 @@
-"""The detector comparison's report: evaluate_widerface.py APs joined to timed detectors,
-the Pareto front of speed and Hard AP, the markdown table and the chart (compare_detectors.py)."""
+"""The detector comparison's report: evaluate_widerface.py APs joined to timed detectors
+(evaluating those that have none, as `make compare` does), the Pareto front of speed and Hard
+AP, the markdown table and the chart (compare_detectors.py)."""
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+from .cli import DEFAULT_INPUT_HW
+from .evaluation import Evaluation, EvaluationSettings, evaluate_all, grid_evaluations
+from .files import sha256_of
 from .memory_probe import DETECT_RSS_RUNS
 from .speed import dash
 from .tables import markdown_table, pyplot, save_figure
@@ -14,16 +18,45 @@ ROUGH_KEY = ("rough-iou", "32px")  # the rough-protocol AP the comparison table 
 ZOOM = ((50.0, 135.0), (66.5, 78.0))  # chart's right panel: latency ms, Hard AP (the 640-class corner)
 
 
-def eval_index(pattern: str) -> dict[str, dict]:
-    """evaluate_widerface.py results by what they evaluated: model sha256 and detector name."""
+def eval_index(*patterns: str) -> dict[str, dict]:
+    """evaluate_widerface.py results (globs or folders) by what they evaluated: model sha256
+    and detector name."""
     index: dict[str, dict] = {}
-    for result in find_results(pattern):
+    found = {r["file"]: r for pattern in patterns for r in find_results(pattern)}
+    for result in found.values():
         model = result.get("model") or {}
         for key in (model.get("sha256"), model.get("name")):
             old = index.get(key)  # prefer a run that also scored the rough protocols
             if key and (old is None or (not old.get("rough") and result.get("rough"))):
                 index[key] = result
     return index
+
+
+def result_key(kind: str, target: str) -> str:
+    """What eval_index() knows a detector's results by: an SCRFD model file ("scrfd") by its
+    sha256, a peer ("peer") by its name."""
+    return sha256_of(target) if kind == "scrfd" else target
+
+
+def evaluate_missing(detectors: list[tuple[str, str]], known: dict[str, dict],
+                     settings: EvaluationSettings, out: Path, ray_address: str | None) -> list[str]:
+    """compare_detectors.py --evaluate: WIDER FACE results for the (kind, target) detectors
+    `known` lacks, into the folders `make compare` gives them (peers OUT/<name>, SCRFD models
+    OUT/scrfd/<model>_<H>x<W>), here or as Ray tasks. Returns those folders; an evaluation that
+    fails is noted and left out of the table."""
+    evaluations = []
+    for kind, target in detectors:
+        if result_key(kind, target) in known:
+            continue
+        if kind == "peer":
+            evaluations.append(Evaluation(target, None, out / target))
+        else:
+            evaluations += grid_evaluations([Path(target)], [], DEFAULT_INPUT_HW, out / "scrfd")
+    if evaluations:
+        print(f"\nevaluating {len(evaluations)} detector(s) on WIDER FACE val"
+              + (" as Ray tasks" if ray_address is not None else ""))
+        evaluate_all(evaluations, settings, ray_address, keep_going=True)
+    return [str(evaluation.out) for evaluation in evaluations]
 
 
 def mark_pareto(rows: list[dict]) -> None:

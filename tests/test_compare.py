@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import subprocess
+import sys
 
 import pytest
 
-from conftest import run_script
+from conftest import REPO, run_script
 from scrfdkit import comparison, peers
 from scrfdkit.files import sha256_of
 
@@ -110,6 +113,7 @@ def test_list_says_which_peers_run_and_times_them(yunet_only, samples_dir):
     (("--threads", "0"), "--threads"),
     (("--repeat", "-1"), "--repeat"),
     (("--image", "/nonexistent/photo.jpg"), "no such file or folder"),
+    (("--evaluate", "--images-list", "/nonexistent/list.txt"), "images list not found"),
 ])
 def test_bad_options_are_one_line_errors(args, message, tmp_path):
     proc = run_script("compare_detectors.py", *args, "--no-rss", "--out", tmp_path / "out", check=False)
@@ -126,3 +130,18 @@ def test_unreadable_photo_and_file_as_out_folder(tflite_float32, tmp_path):
     assert "skipped photo: cannot decode image" in proc.stdout
     proc = run_script("compare_detectors.py", "--detectors", "haar", "--out", text, check=False)
     assert proc.returncode == 2 and "is a file" in proc.stderr and text.read_text() == "not a photo\n"
+
+
+def test_without_ray_a_ray_run_is_a_one_line_error(tmp_path):
+    """--ray where Ray is not installed (here: hidden from the import system): refused before
+    any detector is loaded."""
+    out = tmp_path / "out"
+    script = ("import runpy, sys; sys.modules['ray'] = None; sys.argv = ['compare_detectors.py', "
+              f"'--detectors', 'haar', '--ray', '--out', {str(out)!r}]; "
+              "runpy.run_path('compare_detectors.py', run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert re.fullmatch(r"error: --ray needs (ray|pyarrow): python -m pip install -r "
+                        r"requirements-scale.txt\n", proc.stderr), proc.stderr
+    assert not out.exists()

@@ -13,6 +13,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -20,8 +23,9 @@ import numpy as np
 import pytest
 from scipy.io import loadmat, savemat
 
-from conftest import run_script
-from scrfdkit import model_stats, wider_metrics, widerface
+from conftest import REPO, run_script
+from scrfdkit import evaluation, model_stats, wider_metrics, widerface
+from scrfdkit.cli import UserError
 
 SCRIPT = "evaluate_widerface.py"
 SUBSETS = ("easy", "medium", "hard")
@@ -261,6 +265,37 @@ def hand_case(tmp_path) -> tuple[Path, Path, Path]:
     return root, preds, listing
 
 
+def test_library_evaluation_and_a_failed_one_in_a_batch(hand_case, tmp_path, capsys):
+    """evaluation.evaluate() is the script's work with plain settings; evaluate_all() stops at
+    a failure, or with keep_going notes it and goes on."""
+    root, preds, listing = hand_case
+    settings = evaluation.EvaluationSettings(wider=root, images_list=listing, predictions=preds)
+    results = evaluation.evaluate(settings, None, None, tmp_path / "scored")
+    assert {s: results[s] for s in SUBSETS} == pytest.approx(HAND_AP)
+    assert json.loads((tmp_path / "scored" / "results.json").read_text())["hard"] == results["hard"]
+
+    broken = evaluation.Evaluation(tmp_path / "absent.onnx", (128, 128), tmp_path / "b")
+    settings = evaluation.EvaluationSettings(wider=root, images_list=listing)
+    with pytest.raises(UserError, match="listed images do not exist"):
+        evaluation.evaluate_all([broken], settings)
+    assert evaluation.evaluate_all([broken], settings, keep_going=True) == [None]
+    assert "note: absent.onnx at 128x128 could not be evaluated: " in capsys.readouterr().out
+
+
+def test_without_ray_a_ray_run_is_a_one_line_error(det500m_onnx, tmp_path):
+    """--ray where Ray is not installed (here: hidden from the import system)."""
+    out = tmp_path / "grid"
+    script = (f"import runpy, sys; sys.modules['ray'] = None; sys.argv = ['{SCRIPT}', '--grid', "
+              f"'--model', {str(det500m_onnx)!r}, '--ray', '--out', {str(out)!r}]; "
+              f"runpy.run_path('{SCRIPT}', run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert re.fullmatch(r"error: --ray needs (ray|pyarrow): python -m pip install -r "
+                        r"requirements-scale.txt\n", proc.stderr), proc.stderr
+    assert not out.exists()
+
+
 def test_hand_made_case_matches_hand_computed_ap(hand_case, tmp_path):
     root, preds, listing = hand_case
     out = tmp_path / "out"
@@ -489,6 +524,7 @@ SCORED = ("--predictions", "{preds}")  # a valid run, to which each case adds on
     (("--detector", "no_such_detector"), "unknown detector"),
     (("--model", "{preds}/missing.onnx"), "model not found"),
     (("--predictions", "{preds}/none"), "predictions folder not found"),
+    ((*SCORED, "--ray"), "--ray runs the evaluations of a --grid"),
 ])
 def test_bad_options_fail_before_any_work(hand_case, tmp_path, bad, message):
     root, preds, listing = hand_case

@@ -8,11 +8,20 @@ in original-image pixels, and optionally one aligned 112x112 crop per face (--cr
     python scrfd.py --image photos/ "more/*.png" --out /tmp/o --json /tmp/o/faces.jsonl
     python scrfd.py --image photos/ --blur --out /tmp/anonymised
     python scrfd.py --image photos/ --crops /tmp/crops   # ArcFace-aligned faces for recognition
+    python scrfd.py --image @archive.txt --blur --out /shared/anonymised --ray --threads 1
 
 Unreadable images are skipped with a warning and counted in the summary; the exit code is 0
 as long as at least one image was read (2, with a one-line error, when none could be).
 Outputs are written under temporary names and renamed into place together at the end: an
 interrupted or failed run leaves earlier results untouched.
+
+--ray runs the same job on a Ray cluster (pip install -r requirements-scale.txt), as in the
+last example: a pool of actors, one model each, reads, detects and writes; the outputs and
+JSON lines are those of a single-process run. With no ADDRESS it joins the cluster that
+RAY_ADDRESS names, else the one `ray start --head` started on this machine, else starts one
+here. Inputs may then also be URIs of any filesystem pyarrow reads (s3://bucket/photos/,
+gs://..., file:///...); outputs, the model and the working folder must be at the same path
+on every node.
 """
 from __future__ import annotations
 
@@ -43,12 +52,13 @@ QUEUE_DEPTH = 4  # images read ahead of, and written behind, the model
 
 
 def parse_args(argv: list[str] | None = None):
-    parser = ArgumentParser(__doc__)
+    parser = ArgumentParser(__doc__, fromfile_prefix_chars="@")
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL,
                         help=".tflite or .onnx SCRFD model (default: "
                              "models/scrfd500m_480x640_float32.tflite, made by the export scripts)")
     parser.add_argument("--image", nargs="+", default=[DEFAULT_IMAGE], metavar="PATH",
-                        help="image files, folders (searched recursively) or glob patterns "
+                        help="image files, folders (searched recursively) or glob patterns; "
+                             "@LIST reads more of them from a text file, one a line "
                              "(default: data/friends.jpg)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR,
                         help="folder for the annotated images, named like the inputs "
@@ -70,7 +80,22 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--verbose", action="store_true",
                         help="one line per image instead of a progress bar")
     add_detector_arguments(parser, per="image")
+    parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                        help="run on a Ray cluster: no ADDRESS joins or starts one as Ray does "
+                             "(RAY_ADDRESS, then a local `ray start` cluster, else a new one); "
+                             "'auto', host:port or ray://host:10001 name one, 'local' always "
+                             "starts a new one here")
+    parser.add_argument("--ray-actors", type=positive_int, default=None, metavar="N",
+                        help="with --ray: N detector actors of --threads threads each "
+                             "(default: as many as the cluster's CPUs hold; one thread per "
+                             "actor, one actor per core, was fastest in our measurements)")
+    parser.convert_arg_line_to_args = list_file_line
     return parser.parse_args(argv)
+
+
+def list_file_line(line: str) -> list[str]:
+    """One path per line of an @LIST file; blank lines are skipped, not read as '.'."""
+    return [line.strip()] if line.strip() else []
 
 
 @dataclass
@@ -84,29 +109,9 @@ class Loaded:
     error: str | None = None
 
 
-def main() -> int:
-    args = parse_args()
-    model_path = check_model(args.model)
-    if args.image == [DEFAULT_IMAGE] and not DEFAULT_IMAGE.exists():
-        raise UserError(f"example photo {display(DEFAULT_IMAGE)} not found; pass --image with "
-                        "image files, folders or glob patterns")
-    check_output_folder(args.out, "--out")
-    if args.crops is not None:
-        check_output_folder(args.crops, "--crops")
-    images = find_images(args.image, exclude=[args.out] + ([args.crops] if args.crops else []))
-    if not images:
-        raise UserError(f"no images found in {' '.join(map(str, args.image))}")
-    outputs = output_paths(images, args.out, image_format(args.format))
-    json_path = check_output_file(args.json or args.out / JSON_NAME, "--json", inputs=images)
-
-    detector = SCRFD(model_path, args.size, score_threshold=score_threshold(args),
-                     nms_threshold=args.nms, max_faces=args.max_faces, threads=args.threads)
-    if args.crops and not detector.has_landmarks:
-        raise UserError(f"--crops needs landmarks, and {display(model_path)} has none")
-    print(f"model {display(model_path)}: {detector.runner.backend}, input "
-          f"{detector.input_hw[0]}x{detector.input_hw[1]}, score >= {detector.score_threshold:g}"
-          f"; {len(images)} image(s)")
-
+def detect_here(detector: SCRFD, images: list[Path], outputs: list[Path], json_path: Path,
+                settings: PhotoOutputs, verbose: bool) -> tuple[list[Path], int, float, dict]:
+    """The single-process run: (unreadable images, faces, seconds, seconds per stage)."""
     profile = Profile()
 
     def load(path: Path, output: Path) -> Loaded:
@@ -116,8 +121,6 @@ def main() -> int:
             except UserError as err:
                 return Loaded(path, output, error=str(err))
         return Loaded(path, output, image, detector.prepare(image))
-
-    settings = PhotoOutputs(args.out, args.blur, args.crops, args.crop_size)
 
     def save(item: Loaded, dets: Detections, staged: StagedOutputs, lines: list[str]) -> None:
         """The outputs of one photo; one the encoder cannot handle is a warning, not the end."""
@@ -130,7 +133,6 @@ def main() -> int:
             failed.append(item.path)
             lines.append(error_line(item.path, message))
 
-    verbose = args.verbose or len(images) < PROGRESS_FROM
     failed: list[Path] = []
     faces, lines, seen = 0, [], 0
     started = time.perf_counter()
@@ -155,22 +157,77 @@ def main() -> int:
                               f"({detector.timings['inference'] * 1000:.0f} ms)")
         except KeyboardInterrupt:
             print(f"stopped after {seen} of {len(images)} image(s): nothing written; earlier "
-                  f"results in {display(args.out)} are as they were", file=sys.stderr)
+                  f"results in {display(settings.out_dir)} are as they were", file=sys.stderr)
             raise
-        done = len(images) - len(failed)
-        if not done:
+        if len(failed) == len(images):
             raise UserError(f"none of the {len(images)} image(s) could be read")
         staged.path(json_path).write_text("".join(lines))
         staged.commit()
-    elapsed = time.perf_counter() - started
-
     stages = {"read": profile.totals["read"], **detector.profile.totals,
               "write": profile.totals["write"]}
+    return failed, faces, time.perf_counter() - started, stages
+
+
+def find_inputs(args) -> tuple[list, list[Path]]:
+    """The photos, and the paths that name their outputs (a URI's host and path, with --ray)."""
+    exclude = [args.out] + ([args.crops] if args.crops else [])
+    if args.ray is not None:
+        from scrfdkit import distributed  # Ray only when asked for
+        images = distributed.find_sources(args.image, exclude)
+        names = [distributed.local_name(source) for source in images]
+    else:
+        remote = [str(p) for p in args.image if "://" in str(p)]
+        if remote:
+            raise UserError(f"--image {remote[0]}: URIs are read by --ray runs only")
+        images = names = find_images(args.image, exclude=exclude)
+    if not images:
+        raise UserError(f"no images found in {' '.join(map(str, args.image))}")
+    return images, names
+
+
+def main() -> int:
+    args = parse_args()
+    model_path = check_model(args.model)
+    if args.image == [DEFAULT_IMAGE] and not DEFAULT_IMAGE.exists():
+        raise UserError(f"example photo {display(DEFAULT_IMAGE)} not found; pass --image with "
+                        "image files, folders or glob patterns")
+    if args.ray_actors is not None and args.ray is None:
+        raise UserError("--ray-actors needs --ray")
+    check_output_folder(args.out, "--out")
+    if args.crops is not None:
+        check_output_folder(args.crops, "--crops")
+    images, names = find_inputs(args)
+    outputs = output_paths(names, args.out, image_format(args.format))
+    json_path = check_output_file(args.json or args.out / JSON_NAME, "--json", inputs=names)
+
+    options = dict(model_path=model_path, input_hw=args.size, nms_threshold=args.nms,
+                   score_threshold=score_threshold(args), max_faces=args.max_faces,
+                   threads=args.threads)  # the same detector here and in every Ray actor
+    detector = SCRFD(**options)
+    if args.crops and not detector.has_landmarks:
+        raise UserError(f"--crops needs landmarks, and {display(model_path)} has none")
+    print(f"model {display(model_path)}: {detector.runner.backend}, input "
+          f"{detector.input_hw[0]}x{detector.input_hw[1]}, score >= {detector.score_threshold:g}"
+          f"; {len(images)} image(s)")
+    settings = PhotoOutputs(args.out, args.blur, args.crops, args.crop_size)
+    verbose = args.verbose or len(images) < PROGRESS_FROM
+    if args.ray is not None:
+        from scrfdkit import distributed
+        run = distributed.detect_on_ray(images, outputs, json_path, settings, options,
+                                        args.ray or None, args.ray_actors, verbose)
+        failed, faces, elapsed, stages = run.failed, run.faces, run.elapsed, run.stages
+        overlap = "summed over the actors; in each, reading and writing overlap inference"
+    else:
+        failed, faces, elapsed, stages = detect_here(detector, images, outputs, json_path,
+                                                     settings, verbose)
+        overlap = "reading and writing overlap inference"
+
+    done = len(images) - len(failed)
     per_image = ", ".join(f"{key} {spent / done * 1000:.1f} ms" for key, spent in stages.items())
     unreadable = f", {len(failed)} unreadable (skipped)" if failed else ""
     print(f"summary: {len(images)} image(s): {done} {'anonymised' if args.blur else 'annotated'}"
           f"{unreadable}; {faces} face(s); {done / elapsed:.1f} images/s overall")
-    print(f"mean per image: {per_image} (reading and writing overlap inference)")
+    print(f"mean per image: {per_image} ({overlap})")
     print(f"{'blurred' if args.blur else 'annotated'} images: {display(args.out)}/")
     if args.crops is not None:
         print(f"aligned crops ({args.crop_size}x{args.crop_size}): {display(args.crops)}/")

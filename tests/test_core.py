@@ -15,6 +15,8 @@ from scrfdkit import decode, files, nms
 from scrfdkit.cli import UserError, parse_hw
 from scrfdkit.nms import greedy_nms
 
+pytestmark = pytest.mark.inference  # runs without TensorFlow (CI: make test-inference)
+
 
 # ----------------------------------------------------------------------------- NMS
 def random_boxes(rng: np.random.Generator, n: int, clusters: int = 8, extent: float = 1000.0

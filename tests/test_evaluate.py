@@ -27,6 +27,8 @@ from conftest import REPO, run_script
 from scrfdkit import evaluation, model_stats, wider_metrics, widerface
 from scrfdkit.cli import UserError
 
+pytestmark = pytest.mark.inference  # runs without TensorFlow (CI: make test-inference)
+
 SCRIPT = "evaluate_widerface.py"
 SUBSETS = ("easy", "medium", "hard")
 

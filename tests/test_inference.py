@@ -23,6 +23,8 @@ import pytest
 from conftest import REPO, TEST_HW, run_script
 from scrfdkit import SCRFD, read_image
 
+pytestmark = pytest.mark.inference  # runs without TensorFlow (CI: make test-inference)
+
 ONNX_SIZE = "320,320"  # dynamic ONNX at a small size: fast, still finds the sample faces
 SAMPLE_PHOTOS = ("friends.jpg", "group_t1.jpg", "crowd_selfie.jpg", "crowd_5334x2767.jpg",
                  "oscars_selfie.jpg", "multiface.jpg", "two_people.jpg", "fans_crowd.jpg")
@@ -213,7 +215,7 @@ def test_only_unreadable_images_exit_2(det500m_onnx, tmp_path):
     ("score below 0", ["--score", "-1"], "--score"),
     ("nms above 1", ["--nms", "2"], "--nms"),
     ("no threads", ["--threads", "0"], "--threads"),
-    ("gif output", ["--format", "gif"], "--format gif"),
+    ("unknown output format", ["--format", "xyz"], "--format xyz"),
     ("out is a file", ["--out", "{photo}"], "is a file"),
     ("out in /proc", ["--out", "/proc/x"], "not writable"),
     ("json is the photo", ["--json", "{photo}"], "is one of the inputs"),

@@ -25,6 +25,8 @@ from scrfdkit.model_files import (check_tflite, metadata_path, read_metadata, re
                                   write_metadata)
 from scrfdkit.runners import LiteRTRunner
 
+pytestmark = pytest.mark.inference  # runs without TensorFlow (CI: make test-inference)
+
 
 def assert_refused(model: Path, tmp_path: Path, *phrases: str) -> None:
     """scrfd.py on the model: exit code 2, one `error:` line naming the damage, no traceback."""

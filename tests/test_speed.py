@@ -18,6 +18,8 @@ from conftest import REPO, SAMPLES, TEST_HW, run_script
 from scrfdkit import backends, memory_probe, model_stats, speed, timing
 from scrfdkit.files import sha256_of
 
+pytestmark = pytest.mark.inference  # runs without TensorFlow (CI: make test-inference)
+
 # det_500m at 128x160: multiply-adds of its 60 convolutions (sum over convs of output elements x
 # Cin/group x kh x kw), the same in ONNX and TFLite, 1/20 of the 640x640 count (FLOPs of a fully
 # convolutional net scale with the pixels) and 1.1% under the original's 74.189 M FLOPs, which

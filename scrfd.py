@@ -30,7 +30,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -42,8 +41,8 @@ from scrfdkit.detector import SCRFD
 from scrfdkit.faces import ARCFACE_SIZE, BLUR_MODES
 from scrfdkit.files import (StagedOutputs, check_output_file, check_output_folder, find_images,
                             read_image)
-from scrfdkit.photos import (JSON_NAME, PhotoOutputs, error_line, image_format, output_paths,
-                             save_photo)
+from scrfdkit.photos import (JSON_NAME, WRITE_ERRORS, PhotoOutputs, error_line, image_format,
+                             output_paths, save_photo, write_error)
 from scrfdkit.pipeline import WriteBehind, read_ahead
 from scrfdkit.timing import Profile
 
@@ -127,8 +126,8 @@ def detect_here(detector: SCRFD, images: list[Path], outputs: list[Path], json_p
         try:
             with profile("write"):
                 lines.append(save_photo(item.path, item.output, item.image, dets, settings, staged))
-        except (cv2.error, ValueError) as err:
-            message = f"cannot write the result of {item.path}: {str(err).strip().splitlines()[-1]}"
+        except WRITE_ERRORS as err:
+            message = write_error(item.path, err)
             tqdm.write(f"warning: {message}; skipped", file=sys.stderr)
             failed.append(item.path)
             lines.append(error_line(item.path, message))

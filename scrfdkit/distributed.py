@@ -29,14 +29,13 @@ from pathlib import Path
 from typing import Iterable, Sequence
 from urllib.parse import urlparse
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
 from .cli import UserError, display
 from .detector import SCRFD
 from .files import IMAGE_SUFFIXES, StagedOutputs, find_images, read_image
-from .photos import PhotoOutputs, error_line, save_photo
+from .photos import WRITE_ERRORS, PhotoOutputs, error_line, save_photo, write_error
 from .pipeline import WriteBehind, read_ahead
 
 try:
@@ -174,22 +173,18 @@ class SharedStaging(StagedOutputs):
     """
 
     def __init__(self, tag: str) -> None:
-        super().__init__()
-        self.tag = tag
+        super().__init__(tag)
         self.pairs: list[tuple[str, str]] = []  # (final, temporary), in the order staged
 
     def path(self, final: str | os.PathLike) -> Path:
-        final = Path(final)
-        marked = final.with_name(f"{self.tag}.{final.name}")
-        temporary = super().path(marked)
-        self._staged[final] = self._staged.pop(marked)
+        temporary = super().path(final)
         self.pairs.append((str(final), str(temporary)))
         return temporary
 
-    def adopt(self, pairs: Iterable[Sequence[str]]) -> None:
+    def adopt_all(self, pairs: Iterable[Sequence[str]]) -> None:
         """Take over files an actor staged: commit() renames them, leaving unsaid removes them."""
         for final, temporary in pairs:
-            self._staged[Path(final)] = Path(temporary)
+            self.adopt(final, temporary)
 
     def sweep(self, folders: Iterable[Path]) -> None:
         """Remove what is left of this run's temporary files in `folders`."""
@@ -274,8 +269,8 @@ class PhotoWorker:
             try:
                 row["line"] = save_photo(item.source, item.output, item.image, dets,
                                          self.settings, staging)
-            except (cv2.error, ValueError) as err:
-                row["error"] = f"cannot write the result of {item.source}: {one_line(err)}"
+            except WRITE_ERRORS as err:
+                row["error"] = write_error(item.source, err)
                 row["line"] = error_line(item.source, row["error"])
             row["staged"] = json.dumps(staging.pairs[first:])
             row["write"] = time.perf_counter() - started
@@ -436,7 +431,7 @@ def collect(results: "ray.data.Dataset", run: RayRun, staging: SharedStaging,
             for row in range(len(columns["index"])):
                 index = int(columns["index"][row])
                 run.lines[index] = columns["line"][row]
-                staging.adopt(json.loads(columns["staged"][row]))
+                staging.adopt_all(json.loads(columns["staged"][row]))
                 run.faces += int(columns["faces"][row])
                 for stage in STAGES:
                     run.stages[stage] += float(columns[stage][row])

@@ -8,11 +8,10 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
-import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -198,7 +197,8 @@ class StagedOutputs:
     set of results stays as it was: never a mix of old and new files.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, tag: str = "") -> None:
+        self.tag = tag  # in every temporary name: a run's leftovers can be found by it
         self._staged: dict[Path, Path] = {}
 
     def __enter__(self) -> "StagedOutputs":
@@ -208,14 +208,19 @@ class StagedOutputs:
         """The temporary path to write `final` to (hidden, beside it, same suffix)."""
         final = Path(final)
         final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.stem}.",
-                                   suffix=f".part{final.suffix}")  # the real suffix last: writers pick the format by it
+        prefix = f".{self.tag}.{final.stem}." if self.tag else f".{final.stem}."
+        # the real suffix last: writers such as cv2.VideoWriter pick the format by it
+        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=prefix, suffix=f".part{final.suffix}")
         os.close(fd)
         self._staged[final] = Path(tmp)
         return Path(tmp)
 
     def write_bytes(self, final: str | os.PathLike, data: bytes) -> None:
         self.path(final).write_bytes(data)
+
+    def adopt(self, final: str | os.PathLike, temporary: str | os.PathLike) -> None:
+        """Take over a file another process staged for `final`: commit() renames it too."""
+        self._staged[Path(final)] = Path(temporary)
 
     def commit(self) -> None:
         """Rename every staged file into place (each rename is atomic)."""

@@ -78,12 +78,21 @@ def json_line(record: dict) -> str:
     return json.dumps(record) + "\n"
 
 
-def error_line(path: Path, message: str) -> str:
+def error_line(path: str | Path, message: str) -> str:
     """The JSON line of a photo that could not be used."""
     return json_line({"path": str(path), "error": message})
 
 
-def save_photo(path: Path, output: Path, image: np.ndarray, dets: Detections,
+WRITE_ERRORS = (cv2.error, ValueError)  # what encoding a result may raise: a skipped photo
+
+
+def write_error(path: str | Path, err: BaseException) -> str:
+    """The one-line reason a photo's result could not be written."""
+    detail = str(err).strip().splitlines()
+    return f"cannot write the result of {path}: {detail[-1] if detail else type(err).__name__}"
+
+
+def save_photo(path: str | Path, output: Path, image: np.ndarray, dets: Detections,
                settings: PhotoOutputs, staged: StagedOutputs) -> str:
     """Stage the annotated (or blurred) image and its crops; return the photo's JSON line."""
     record = {"path": str(path), "size": {"width": image.shape[1], "height": image.shape[0]},

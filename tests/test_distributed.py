@@ -125,7 +125,7 @@ def test_the_actor_reads_paths_and_uris_and_reports_bad_photos(det500m_onnx, wid
     assert all(Path(temporary).name.startswith(".scrfd-test.") for _, temporary in staged)
 
     driver = distributed.SharedStaging("scrfd-test")
-    driver.adopt(staged[:1])
+    driver.adopt_all(staged[:1])
     driver.commit()
     assert (tmp_path / "out" / "local.jpg").read_bytes()[:2] == b"\xff\xd8"
     driver.sweep([tmp_path / "out"])  # the other file stands for a batch that never came back

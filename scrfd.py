@@ -34,11 +34,10 @@ import numpy as np
 from tqdm import tqdm
 
 from scrfdkit.cli import (DEFAULT_IMAGE, DEFAULT_MODEL, RESULTS_DIR, ArgumentParser, UserError,
-                          add_detector_arguments, check_model, cli, display, positive_int,
-                          score_threshold)
+                          add_detector_arguments, add_face_output_arguments, check_model, cli,
+                          display, positive_int, score_threshold)
 from scrfdkit.detections import Detections
 from scrfdkit.detector import SCRFD
-from scrfdkit.faces import ARCFACE_SIZE, BLUR_MODES
 from scrfdkit.files import (StagedOutputs, check_output_file, check_output_folder, find_images,
                             read_image)
 from scrfdkit.photos import (JSON_NAME, WRITE_ERRORS, PhotoOutputs, error_line, image_format,
@@ -68,14 +67,7 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--json", type=Path, default=None,
                         help=f"JSON lines file: one line per image with path, size and faces "
                              f"(default: <out>/{JSON_NAME})")
-    parser.add_argument("--blur", nargs="?", const="gaussian", choices=BLUR_MODES, default=None,
-                        help="anonymise: blur each face (box grown by a margin) instead of "
-                             "drawing it; 'pixelate' for blocks (default when given: gaussian)")
-    parser.add_argument("--crops", type=Path, default=None, metavar="DIR",
-                        help="also write every face aligned to the ArcFace template as "
-                             "<DIR>/<image>_face<N>.png (its file name goes in the JSON line)")
-    parser.add_argument("--crop-size", type=positive_int, default=ARCFACE_SIZE, metavar="PX",
-                        help=f"side of the aligned crops in pixels (default {ARCFACE_SIZE})")
+    add_face_output_arguments(parser, crop_name="<image>_face<N>.png")
     parser.add_argument("--verbose", action="store_true",
                         help="one line per image instead of a progress bar")
     add_detector_arguments(parser, per="image")

@@ -28,11 +28,11 @@ import numpy as np
 from tqdm import tqdm
 
 from scrfdkit.cli import (DEFAULT_MODEL, RESULTS_DIR, ArgumentParser, UserError,
-                          add_detector_arguments, check_model, cli, count, display, positive_int,
-                          score_threshold)
+                          add_detector_arguments, add_face_output_arguments, check_model, cli,
+                          count, display, score_threshold)
 from scrfdkit.detections import draw_detections
 from scrfdkit.detector import SCRFD
-from scrfdkit.faces import ARCFACE_SIZE, BLUR_MODES, aligned_crops, anonymize
+from scrfdkit.faces import aligned_crops, anonymize
 from scrfdkit.files import StagedOutputs, check_output_file, check_output_folder, same_file
 from scrfdkit.pipeline import WriteBehind, read_ahead
 from scrfdkit.timing import Profile
@@ -69,14 +69,7 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--fourcc", default=None,
                         help="codec of the output video, four characters (default: mp4v for "
                              ".mp4, VP80 for .webm, MJPG for .avi)")
-    parser.add_argument("--blur", nargs="?", const="gaussian", choices=BLUR_MODES, default=None,
-                        help="anonymise: blur each face (box grown by a margin) instead of "
-                             "drawing it; 'pixelate' for blocks (default when given: gaussian)")
-    parser.add_argument("--crops", type=Path, default=None, metavar="DIR",
-                        help="also write every face aligned to the ArcFace template as "
-                             "<DIR>/frame<N>_face<M>.png (named in the JSON line)")
-    parser.add_argument("--crop-size", type=positive_int, default=ARCFACE_SIZE, metavar="PX",
-                        help=f"side of the aligned crops in pixels (default {ARCFACE_SIZE})")
+    add_face_output_arguments(parser, crop_name="<video>_frame<N>_face<M>.png")
     add_detector_arguments(parser, per="frame")
     return parser.parse_args(argv)
 

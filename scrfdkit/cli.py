@@ -172,6 +172,20 @@ def score_threshold(args: argparse.Namespace) -> float:
     return BLUR_SCORE_THRESHOLD if getattr(args, "blur", None) else SCORE_THRESHOLD
 
 
+def add_face_output_arguments(parser: argparse.ArgumentParser, crop_name: str) -> None:
+    """--blur, --crops and --crop-size, which scrfd.py and video_inference_fdlm.py share."""
+    from .faces import ARCFACE_SIZE, BLUR_MODES
+
+    parser.add_argument("--blur", nargs="?", const="gaussian", choices=BLUR_MODES, default=None,
+                        help="anonymise: blur each face (box grown by a margin) instead of "
+                             "drawing it; 'pixelate' for blocks (default when given: gaussian)")
+    parser.add_argument("--crops", type=Path, default=None, metavar="DIR",
+                        help="also write every face aligned to the ArcFace template as "
+                             f"<DIR>/{crop_name} (its file name goes in the JSON line)")
+    parser.add_argument("--crop-size", type=positive_int, default=ARCFACE_SIZE, metavar="PX",
+                        help=f"side of the aligned crops in pixels (default {ARCFACE_SIZE})")
+
+
 def add_detector_arguments(parser: argparse.ArgumentParser, per: str = "image") -> None:
     """The detector options scrfd.py and video_inference_fdlm.py share."""
     parser.add_argument("--score", type=fraction, default=None,

@@ -40,6 +40,17 @@ def run_script(script: str, *args: str, check: bool = True, timeout: float = 900
     return proc
 
 
+@pytest.fixture(autouse=True)
+def shared_data_present(request) -> None:
+    """A test that reads ../shared through MODELS, SAMPLES or WIDER is skipped, as the fixtures'
+    tests are, when that data is not there (a fresh clone elsewhere runs the rest)."""
+    names = set(getattr(request.function, "__code__", None).co_names
+                if hasattr(request.function, "__code__") else ())
+    for name, path in (("MODELS", MODELS), ("SAMPLES", SAMPLES), ("WIDER", WIDER)):
+        if name in names:
+            _need(path)
+
+
 def _need(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"test data not found: {path} (set SCRFD_SHARED)")

@@ -17,7 +17,7 @@ from scrfdkit.decode import STRIDES, preprocess
 from scrfdkit.int8 import (calibration_images, calibration_tensor, conv_patches,
                            equalize_channels, intermediate_outputs, node_attributes, round_weights)
 from scrfdkit.model_files import read_metadata
-from scrfdkit.runners import LiteRTRunner, OnnxRunner, tflite_interpreter
+from scrfdkit.runners import LiteRTRunner, OnnxRunner, tflite_interpreter, tflite_ops
 
 PHOTOS = ("friends.jpg", "group_t1.jpg", "multiface.jpg", "two_people.jpg", "oscars_selfie.jpg",
           "crowd_selfie.jpg")
@@ -57,7 +57,7 @@ def test_int8_model_layout(tflite_int8, tflite_float32):
     assert ops.count("DEQUANTIZE") == len(outputs)  # 3 logits before the sigmoid + 6 outputs
     assert ops.count("DELEGATE") == _ops(tflite_float32).count("DELEGATE")
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
-    for op in interpreter._get_ops_details():
+    for op in tflite_ops(interpreter):
         if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D"):
             weights = tensors[op["inputs"][1]]
             assert weights["dtype"] == np.int8

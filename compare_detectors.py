@@ -55,18 +55,18 @@ class Entry:
     """One detector in the comparison: a peer (by name) or an SCRFD model file."""
 
     kind: str  # "peer" or "scrfd"
-    target: str  # peer name or model path
+    name_or_path: str  # peer name or model path
     detector: object = None
     seconds: list[float] = field(default_factory=list)
 
     @property
     def label(self) -> str:
-        return self.target if self.kind == "peer" else Path(self.target).stem
+        return self.name_or_path if self.kind == "peer" else Path(self.name_or_path).stem
 
     def files(self) -> list[Path]:
         """What the detector loads from disk (its size is the model size)."""
         if self.kind == "scrfd":
-            return [Path(self.target)]
+            return [Path(self.name_or_path)]
         return [Path(self.detector.model_path)] if getattr(self.detector, "model_path", None) else []
 
 
@@ -152,7 +152,7 @@ def open_entries(names: list[str], models: list[Path], threads: int, peers_dir: 
     live = []
     for entry in entries:
         try:
-            entry.detector = open_detector(entry.kind, entry.target, threads, peers_dir)
+            entry.detector = open_detector(entry.kind, entry.name_or_path, threads, peers_dir)
             live.append(entry)
         except UserError as err:
             print(f"skipped {entry.label}: {err}")
@@ -182,11 +182,11 @@ def entry_row(entry: Entry, threads: int, results: dict[str, dict]) -> dict:
     latency = latency_summary([entry.seconds])
     row = {"detector": entry.label, "kind": entry.kind,
            "input": f"{hw[0]}x{hw[1]}" if hw else "image size",
-           "precision": det.runner.precision if entry.kind == "scrfd" else PEERS[entry.target].description,
+           "precision": det.runner.precision if entry.kind == "scrfd" else PEERS[entry.name_or_path].description,
            "score_threshold": det.score_threshold, "nms_threshold": det.nms_threshold,
            "threads": threads, "median_ms": latency["median_ms"], "p90_ms": latency["p90_ms"],
            "size_mb": sum(f.stat().st_size for f in files if f.is_file()) / MB if files else None}
-    result = results.get(result_key(entry.kind, entry.target))
+    result = results.get(result_key(entry.kind, entry.name_or_path))
     if result:
         row.update({s: 100 * float(result[s]) for s in ("easy", "medium", "hard")})
         rough = (result.get("rough") or {}).get(ROUGH_KEY[0], {}).get(ROUGH_KEY[1])
@@ -255,7 +255,7 @@ def main() -> int:
     if args.evaluate or args.ray is not None:
         settings = EvaluationSettings(args.wider, args.images_list, "rough", threads=args.threads,
                                       peers_dir=peers_dir(args.peers_dir).resolve())
-        evaluated = evaluate_missing([(e.kind, e.target) for e in live], eval_index(args.eval_results),
+        evaluated = evaluate_missing([(e.kind, e.name_or_path) for e in live], eval_index(args.eval_results),
                                      settings, args.out, args.ray)
     print(f"\ntiming {len(live)} detectors' detect() on {len(photos)} photo(s), {args.threads} thread(s), "
           f"{repeat} rounds, interleaved")
@@ -265,7 +265,7 @@ def main() -> int:
     for entry in live:
         row = entry_row(entry, args.threads, results)
         if not args.no_rss:
-            peak, error = detector_memory(entry.kind, entry.target, args.threads,
+            peak, error = detector_memory(entry.kind, entry.name_or_path, args.threads,
                                           [path for path, _ in photos[:2]], peers_folder=args.peers_dir)
             row["peak_rss_mb"] = peak / MB if peak else None
             if error:

@@ -32,26 +32,26 @@ def eval_index(*patterns: str) -> dict[str, dict]:
     return index
 
 
-def result_key(kind: str, target: str) -> str:
+def result_key(kind: str, name_or_path: str) -> str:
     """What eval_index() knows a detector's results by: an SCRFD model file ("scrfd") by its
     sha256, a peer ("peer") by its name."""
-    return sha256_of(target) if kind == "scrfd" else target
+    return sha256_of(name_or_path) if kind == "scrfd" else name_or_path
 
 
 def evaluate_missing(detectors: list[tuple[str, str]], known: dict[str, dict],
                      settings: EvaluationSettings, out: Path, ray_address: str | None) -> list[str]:
-    """compare_detectors.py --evaluate: WIDER FACE results for the (kind, target) detectors
+    """compare_detectors.py --evaluate: WIDER FACE results for the (kind, name_or_path) detectors
     `known` lacks, into the folders `make compare` gives them (peers OUT/<name>, SCRFD models
     OUT/scrfd/<model>_<H>x<W>), here or as Ray tasks. Returns those folders; an evaluation that
     fails is noted and left out of the table."""
     evaluations = []
-    for kind, target in detectors:
-        if result_key(kind, target) in known:
+    for kind, name_or_path in detectors:
+        if result_key(kind, name_or_path) in known:
             continue
         if kind == "peer":
-            evaluations.append(Evaluation(target, None, out / target))
+            evaluations.append(Evaluation(name_or_path, None, out / name_or_path))
         else:
-            evaluations += grid_evaluations([Path(target)], [], DEFAULT_INPUT_HW, out / "scrfd")
+            evaluations += grid_evaluations([Path(name_or_path)], [], DEFAULT_INPUT_HW, out / "scrfd")
     if evaluations:
         print(f"\nevaluating {len(evaluations)} detector(s) on WIDER FACE val"
               + (" as Ray tasks" if ray_address is not None else ""))

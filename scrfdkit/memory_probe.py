@@ -54,9 +54,9 @@ import json, sys
 sys.path.insert(0, sys.argv[1])
 from scrfdkit.files import read_image
 from scrfdkit.peers import open_detector
-kind, target, threads, runs, peers_folder = sys.argv[2:7]
+kind, name_or_path, threads, runs, peers_folder = sys.argv[2:7]
 images = [read_image(p) for p in sys.argv[7:]]
-detector = open_detector(kind, target, int(threads), peers_folder or None)
+detector = open_detector(kind, name_or_path, int(threads), peers_folder or None)
 for _ in range(int(runs)):
     for image in images:
         detector.detect(image)
@@ -118,12 +118,12 @@ def fresh_process_memory(model: Path, backend: str, threads: int, hw: tuple[int,
     return {**json.loads(lines[-1]), "peak_rss": peak, "runs": runs}
 
 
-def detector_memory(kind: str, target: str, threads: int, photos: list[Path],
+def detector_memory(kind: str, name_or_path: str, threads: int, photos: list[Path],
                     runs: int = DETECT_RSS_RUNS, peers_folder: Path | None = None
                     ) -> tuple[int | None, str | None]:
     """Peak RSS of a fresh process that makes a detector (scrfdkit.peers.open_detector) and
     runs detect() `runs` times on each photo: (bytes, None), or (None, why it failed)."""
-    command = [sys.executable, "-c", DETECTOR_CHILD, str(REPO), kind, target, str(threads),
+    command = [sys.executable, "-c", DETECTOR_CHILD, str(REPO), kind, name_or_path, str(threads),
                str(runs), str(peers_folder or ""), *map(str, photos)]
     code, _, err, peak = run_measured(command, env={**os.environ, **QUIET_TF})
     if code != 0:

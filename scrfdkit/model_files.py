@@ -106,14 +106,14 @@ def read_embedded_metadata(tflite_path: str | os.PathLike) -> str | None:
         model = buffer.table(buffer.read("<I", 0, "the root offset"), "model")
         buffers = buffer.tables(model, 4, "model.buffers")
         for item in buffer.tables(model, 6, "model.metadata"):
-            name_at = buffer.target(item, 0, f"{item.name}.name")
+            name_at = buffer.pointee(item, 0, f"{item.name}.name")
             if name_at is None:
                 continue
             start, count = buffer.vector(name_at, 1, f"{item.name}.name")
             if bytes(data[start:start + count]) != EMBEDDED_NAME.encode():
                 continue
             index = buffer.scalar(item, 1, "<I")
-            data_at = buffer.target(buffers[index], 0, f"model.buffers[{index}].data") \
+            data_at = buffer.pointee(buffers[index], 0, f"model.buffers[{index}].data") \
                 if index < len(buffers) else None
             if data_at is None:
                 return None
@@ -150,9 +150,9 @@ def check_output_path(path: Path, suffix: str, inputs: Sequence[Path] = (),
         if path.resolve() == source.resolve() or (
                 path.exists() and source.exists() and os.path.samefile(path, source)):
             raise UserError(f"{option} {path} is the input {source}; choose another file name")
-    for target in (path, metadata_path(path)) if suffix == ".tflite" else (path,):
-        if target.is_dir():
-            raise UserError(f"{option} {path}: {target} is a folder; give a file name "
+    for destination in (path, metadata_path(path)) if suffix == ".tflite" else (path,):
+        if destination.is_dir():
+            raise UserError(f"{option} {path}: {destination} is a folder; give a file name "
                             f"(for example {path / ('model' + suffix)})")
     if path.suffix.lower() != suffix:
         raise UserError(f"{option} {path}: the file name must end in {suffix}")
@@ -193,19 +193,19 @@ def _signals_held() -> Iterator[None]:
             signal.raise_signal(pending[0])
 
 
-def replace_model(staged: Path, target: Path) -> None:
-    """Move a staged .tflite and its staged sidecar over `target` and its sidecar, as a pair.
+def replace_model(staged: Path, destination: Path) -> None:
+    """Move a staged .tflite and its staged sidecar over `destination` and its sidecar, as a pair.
 
     Both renames happen back to back with Ctrl-C/SIGTERM held, so an interrupted export
-    leaves the earlier pair whole; a target sidecar with no staged one is removed.
+    leaves the earlier pair whole; a destination sidecar with no staged one is removed.
     """
-    staged_meta, target_meta = metadata_path(staged), metadata_path(target)
+    staged_meta, destination_meta = metadata_path(staged), metadata_path(destination)
     with _signals_held():
-        os.replace(staged, target)
+        os.replace(staged, destination)
         if staged_meta.exists():
-            os.replace(staged_meta, target_meta)
-        elif target_meta.exists():
-            target_meta.unlink()
+            os.replace(staged_meta, destination_meta)
+        elif destination_meta.exists():
+            destination_meta.unlink()
 
 
 # ----------------------------------------------------------------------------- names
@@ -369,7 +369,7 @@ class _FlatBuffer:
         pos = self.field(table, index, struct.calcsize(fmt))
         return 0 if pos is None else struct.unpack_from(fmt, self.data, pos)[0]
 
-    def target(self, table: _Table, index: int, name: str) -> int | None:
+    def pointee(self, table: _Table, index: int, name: str) -> int | None:
         """Where an offset field points (None when absent)."""
         pos = self.field(table, index, 4)
         return None if pos is None else pos + self.read("<I", pos, name)
@@ -386,7 +386,7 @@ class _FlatBuffer:
 
     def tables(self, table: _Table, index: int, name: str) -> list[_Table]:
         """The tables of a vector-of-tables field, each checked (not what they refer to)."""
-        pos = self.target(table, index, name)
+        pos = self.pointee(table, index, name)
         if pos is None:
             return []
         start, count = self.vector(pos, 4, name)
@@ -394,7 +394,7 @@ class _FlatBuffer:
                 for i in range(count)]
 
     def ints(self, table: _Table, index: int, name: str) -> list[int]:
-        pos = self.target(table, index, name)
+        pos = self.pointee(table, index, name)
         if pos is None:
             return []
         start, count = self.vector(pos, 4, name)
@@ -405,13 +405,13 @@ class _FlatBuffer:
         for index, (field, content) in _TFLITE_SCHEMA.get(kind, {}).items():
             name = f"{table.name}.{field}"
             if content[0] == "union":
-                union_type, pos = self.scalar(table, content[1], "<B"), self.target(table, index, name)
+                union_type, pos = self.scalar(table, content[1], "<B"), self.pointee(table, index, name)
                 if pos is not None and union_type:
                     self.walk(self.table(pos, name), content[2].get(union_type, ""))
             elif content[0] == "tables":
                 for item in self.tables(table, index, name):
                     self.walk(item, content[1])
-            elif (pos := self.target(table, index, name)) is None:
+            elif (pos := self.pointee(table, index, name)) is None:
                 continue
             elif content == "string":
                 start, count = self.vector(pos, 1, name)

@@ -61,12 +61,12 @@ def download(archive: str, models_dir: Path, base_url: str) -> Path:
     from tqdm import tqdm
 
     member, expected = RELEASES[archive]
-    target = models_dir / member
+    destination = models_dir / member
     url = base_url.rstrip("/") + f"/{archive}.zip"
     by_hand = (f"download {url} yourself, unzip it and put {member} into {models_dir}/")
-    if target.exists() and sha256_of(target) == expected:
-        print(f"{target} is already there (sha256 ok)")
-        return target
+    if destination.exists() and sha256_of(destination) == expected:
+        print(f"{destination} is already there (sha256 ok)")
+        return destination
     models_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=models_dir, prefix=".download-") as tmp:
         zip_path = Path(tmp) / f"{archive}.zip"
@@ -92,9 +92,9 @@ def download(archive: str, models_dir: Path, base_url: str) -> Path:
         if actual != expected:
             raise UserError(f"{member} from {url} has sha256 {actual[:12]}..., expected "
                             f"{expected[:12]}...; {by_hand}")
-        os.replace(Path(tmp) / member, target)
-    print(f"wrote {target} (sha256 ok)")
-    return target
+        os.replace(Path(tmp) / member, destination)
+    print(f"wrote {destination} (sha256 ok)")
+    return destination
 
 
 # ----------------------------------------------------------------------------- graph edits

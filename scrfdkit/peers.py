@@ -423,10 +423,10 @@ def make_detector(name: str, *, evaluation: bool = False,
     return RUNNERS[spec.kind](name, path, size, score, nms_t, max_faces, threads, **kwargs)
 
 
-def open_detector(kind: str, target: str, threads: int | None = DEFAULT_THREADS,
+def open_detector(kind: str, name_or_path: str, threads: int | None = DEFAULT_THREADS,
                   peers_folder: str | os.PathLike | None = None):
     """A ready detector to compare: a peer by name (kind "peer", at its authors' operating
     point) or an SCRFD model file (kind "scrfd", at InsightFace's 0.5 / 0.4)."""
     if kind == "peer":
-        return make_detector(target, threads=threads, peers_folder=peers_folder)
-    return SCRFD(target, threads=threads)
+        return make_detector(name_or_path, threads=threads, peers_folder=peers_folder)
+    return SCRFD(name_or_path, threads=threads)

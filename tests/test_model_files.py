@@ -179,33 +179,33 @@ def _pair(folder: Path, text: str, sidecar: bool = True) -> Path:
 
 
 def test_replace_model_moves_the_pair(tmp_path):
-    target = _pair(tmp_path / "models", "old")
-    replace_model(_pair(tmp_path / "stage", "new"), target)
-    assert target.read_text() == "model new" and metadata_path(target).read_text() == "sidecar new"
+    destination = _pair(tmp_path / "models", "old")
+    replace_model(_pair(tmp_path / "stage", "new"), destination)
+    assert destination.read_text() == "model new" and metadata_path(destination).read_text() == "sidecar new"
     assert not any((tmp_path / "stage").iterdir())
 
 
 def test_replace_model_drops_a_stale_sidecar(tmp_path):
-    target = _pair(tmp_path / "models", "old")
-    replace_model(_pair(tmp_path / "stage", "new", sidecar=False), target)
-    assert target.read_text() == "model new" and not metadata_path(target).exists()
+    destination = _pair(tmp_path / "models", "old")
+    replace_model(_pair(tmp_path / "stage", "new", sidecar=False), destination)
+    assert destination.read_text() == "model new" and not metadata_path(destination).exists()
 
 
 def test_ctrl_c_between_the_two_renames_waits_for_the_second(tmp_path, monkeypatch):
     """An interrupt landing after the model's rename still lets the sidecar follow it."""
-    target = _pair(tmp_path / "models", "old")
+    destination = _pair(tmp_path / "models", "old")
     staged = _pair(tmp_path / "stage", "new")
     real_replace = os.replace
 
     def replace_then_interrupt(source, destination):
         real_replace(source, destination)
-        if Path(destination) == target:
+        if Path(destination) == destination:
             signal.raise_signal(signal.SIGINT)
 
     monkeypatch.setattr(os, "replace", replace_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        replace_model(staged, target)
-    assert target.read_text() == "model new" and metadata_path(target).read_text() == "sidecar new"
+        replace_model(staged, destination)
+    assert destination.read_text() == "model new" and metadata_path(destination).read_text() == "sidecar new"
 
 
 def test_a_lone_tflite_describes_itself(tflite_float32, samples_dir, tmp_path):

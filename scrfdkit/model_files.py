@@ -98,8 +98,8 @@ def embed_metadata(tflite_path: Path, meta: dict) -> None:
 
 
 def read_embedded_metadata(tflite_path: str | os.PathLike) -> str | None:
-    """The JSON export_tflite.py embedded in a .tflite, or None; pure Python, no TensorFlow."""
-    check_tflite(tflite_path)  # the whole structure first: damage gets its one clear message
+    """The JSON export_tflite.py embedded in a .tflite, or None; pure Python, no TensorFlow.
+    Every read is bounds-checked, so a damaged file is a UserError, never a crash."""
     try:
         data = Path(tflite_path).read_bytes()
         buffer = _FlatBuffer(data)

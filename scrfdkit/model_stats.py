@@ -18,7 +18,7 @@ import numpy as np
 
 from .backends import INSTALL_HINT
 from .cli import DEFAULT_INPUT_HW, UserError
-from .model_files import check_tflite, family_of
+from .model_files import family_of
 from .runners import onnx_session, tflite_interpreter, tflite_ops
 
 ORIGINAL_FLOPS = {("det_500m", (480, 640)): 1.113e9, ("det_500m", (256, 320)): 296.758e6,
@@ -150,13 +150,12 @@ def tflite_graph(path: Path, hw: tuple[int, int] | None) -> Graph:
         from ai_edge_litert.tools import flatbuffer_utils
     except ImportError:
         raise ModelStatsError(f"counting TFLite needs LiteRT ({INSTALL_HINT['litert']})") from None
-    try:
-        check_tflite(path)  # a damaged file: the structure check's message, not a parser's
+    try:  # the interpreter first: its structure check names a damaged file, a parser would not
+        interpreter = tflite_interpreter(path, xnnpack=False)
     except UserError as err:
         raise ModelStatsError(str(err)) from None
     try:
         model = flatbuffer_utils.read_model(str(path))
-        interpreter = tflite_interpreter(path, xnnpack=False)
     except Exception as err:
         raise ModelStatsError(f"cannot read {path} as TFLite ({_first_line(err)})") from None
     sized_interpreter(interpreter, hw)

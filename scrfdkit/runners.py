@@ -129,9 +129,9 @@ class LiteRTRunner:
         path = Path(model_path)
         _check_model_file(path, ".tflite")
         self.model_path = path
+        self.interpreter = tflite_interpreter(path, threads, delegates, xnnpack)  # checks structure
         self.metadata = read_metadata(path)
         check_unaltered(path, self.metadata)  # the sidecar's sha256: weights altered since export
-        self.interpreter = tflite_interpreter(path, threads, delegates, xnnpack)
         details = self.interpreter.get_input_details()
         shape = [int(d) for d in details[0]["shape_signature"]] if len(details) == 1 else []
         if len(shape) != 4 or not (shape[1] == 3 or shape[3] in (3, 4)):

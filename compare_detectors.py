@@ -39,7 +39,7 @@ from scrfdkit.peers import (PEERS, DEFAULT_PEERS_DIR, PEERS_DIR_ENV, available_p
 from scrfdkit.speed import csv_rows
 from scrfdkit.tables import markdown_table, write_csv, write_markdown
 from scrfdkit.timing import environment, interleaved_rounds, latency_summary, time_calls
-from scrfdkit.widerface import DEFAULT_WIDER, IMAGES_DIR
+from scrfdkit.widerface import DEFAULT_WIDER, add_wider_arguments
 
 DEFAULT_OUT = RESULTS_DIR / "compare"  # compare.md, compare.csv, compare.png
 DEFAULT_EVAL = "results/**/results.json"  # evaluate_widerface.py runs to take the APs from
@@ -108,12 +108,7 @@ def parse_args() -> argparse.Namespace:
                              "one; 'local' always a new one here); the timing still runs here, "
                              "the detectors interleaved round by round, once the evaluations are "
                              "done: latencies taken on different machines could not be compared")
-    parser.add_argument("--wider", type=Path, default=DEFAULT_WIDER,
-                        help=f"WIDER FACE root for --evaluate, with {IMAGES_DIR}/ and "
-                             "ground_truth/ (default data/)")
-    parser.add_argument("--images-list", type=Path, default=None,
-                        help="--evaluate only these images (<event>/<image>.jpg per line, like "
-                             "dev_images.txt); default: every image present under --wider")
+    add_wider_arguments(parser, default=DEFAULT_WIDER, verb="--evaluate")
     parser.add_argument("--list", action="store_true",
                         help="only list the peers and whether they run here (with --image: faces "
                              "found and median ms per image) and exit")

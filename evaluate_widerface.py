@@ -35,7 +35,7 @@ from scrfdkit.model_stats import model_flops
 from scrfdkit.peers import PEERS, model_path as peer_model_path
 from scrfdkit.tables import markdown_table, print_markdown, write_csv, write_markdown
 from scrfdkit.wider_metrics import PROTOCOLS, ROUGH_IOU, add_float32_change, percent
-from scrfdkit.widerface import DEFAULT_WIDER, IMAGES_DIR, SUBSETS
+from scrfdkit.widerface import DEFAULT_WIDER, IMAGES_DIR, SUBSETS, add_wider_arguments
 
 DEFAULT_OUT = RESULTS_DIR / "widerface"
 
@@ -85,12 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--size", type=parse_hw, action="append", default=[],
                         help="input H,W, multiples of 32 (default 640,640; .tflite exports run at "
                              "their own size; repeat with --grid)")
-    parser.add_argument("--wider", type=Path, default=None,
-                        help=f"WIDER FACE root with {IMAGES_DIR}/, ground_truth/ and "
-                             f"wider_face_split/ (default {DEFAULT_WIDER})")
-    parser.add_argument("--images-list", type=Path, default=None,
-                        help="evaluate only these images (<event>/<image>.jpg per line, like "
-                             "dev_images.txt); default: every image present under --wider")
+    add_wider_arguments(parser, default=None)
     parser.add_argument("--protocol", choices=PROTOCOLS, default=None,
                         help="official only (default), or also rough detection: rough-iou "
                              f"(IoU >= {ROUGH_IOU:g}), rough-center (centre inside the face), "

@@ -338,6 +338,16 @@ def prepare_prediction_folder(out: Path, settings: dict, model_path: Path) -> li
 
 
 # ----------------------------------------------------------------------------- results.json
+def add_wider_arguments(parser, default: Path | None, verb: str = "evaluate") -> None:
+    """--wider and --images-list, shared by evaluate_widerface.py and compare_detectors.py."""
+    parser.add_argument("--wider", type=Path, default=default,
+                        help=f"WIDER FACE root with {IMAGES_DIR}/, ground_truth/ and "
+                             f"wider_face_split/ (default {default or DEFAULT_WIDER})")
+    parser.add_argument("--images-list", type=Path, default=None,
+                        help=f"{verb} only these images (<event>/<image>.jpg per line, like "
+                             "dev_images.txt); default: every image present under --wider")
+
+
 def write_results(out: Path, results: dict) -> Path:
     """OUT/results.json, written whole."""
     path = out / RESULTS_NAME

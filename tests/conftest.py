@@ -23,6 +23,15 @@ TEST_HW = (128, 160)  # small, non-square: keeps conversions fast on two cores
 CACHE = Path(os.environ.get("SCRFD_TEST_CACHE", REPO / ".cache" / "tests"))
 
 
+def run_script_without(module: str, script: str, *args: str) -> subprocess.CompletedProcess:
+    """Run a script as if `module` were not installed (hidden from the import system)."""
+    code = (f"import runpy, sys; sys.modules[{module!r}] = None; "
+            f"sys.argv = [{script!r}, *{list(map(str, args))!r}]; "
+            f"runpy.run_path({script!r}, run_name='__main__')")
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+
+
 def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "inference: runs without TensorFlow, in an environment "
                             "made from requirements-inference.txt alone (CI runs these twice)")

@@ -6,12 +6,10 @@ from __future__ import annotations
 import csv
 import json
 import re
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO, run_script
+from conftest import run_script, run_script_without
 from scrfdkit import comparison, peers
 from scrfdkit.files import sha256_of
 
@@ -144,11 +142,8 @@ def test_without_ray_a_ray_run_is_a_one_line_error(tmp_path):
     """--ray where Ray is not installed (here: hidden from the import system): refused before
     any detector is loaded."""
     out = tmp_path / "out"
-    script = ("import runpy, sys; sys.modules['ray'] = None; sys.argv = ['compare_detectors.py', "
-              f"'--detectors', 'haar', '--ray', '--out', {str(out)!r}]; "
-              "runpy.run_path('compare_detectors.py', run_name='__main__')")
-    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    proc = run_script_without("ray", "compare_detectors.py", "--detectors", "haar", "--ray",
+                              "--out", out)
     assert proc.returncode == 2, proc.stderr
     assert re.fullmatch(r"error: --ray needs (ray|pyarrow): python -m pip install -r "
                         r"requirements-scale.txt\n", proc.stderr), proc.stderr

@@ -14,8 +14,6 @@ import csv
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -23,7 +21,7 @@ import numpy as np
 import pytest
 from scipy.io import loadmat, savemat
 
-from conftest import REPO, run_script
+from conftest import run_script, run_script_without
 from scrfdkit import evaluation, model_stats, wider_metrics, widerface
 from scrfdkit.cli import UserError
 
@@ -287,11 +285,8 @@ def test_library_evaluation_and_a_failed_one_in_a_batch(hand_case, tmp_path, cap
 def test_without_ray_a_ray_run_is_a_one_line_error(det500m_onnx, tmp_path):
     """--ray where Ray is not installed (here: hidden from the import system)."""
     out = tmp_path / "grid"
-    script = (f"import runpy, sys; sys.modules['ray'] = None; sys.argv = ['{SCRIPT}', '--grid', "
-              f"'--model', {str(det500m_onnx)!r}, '--ray', '--out', {str(out)!r}]; "
-              f"runpy.run_path('{SCRIPT}', run_name='__main__')")
-    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    proc = run_script_without("ray", SCRIPT, "--grid", "--model", det500m_onnx, "--ray",
+                              "--out", out)
     assert proc.returncode == 2, proc.stderr
     assert re.fullmatch(r"error: --ray needs (ray|pyarrow): python -m pip install -r "
                         r"requirements-scale.txt\n", proc.stderr), proc.stderr

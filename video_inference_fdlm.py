@@ -34,6 +34,7 @@ from scrfdkit.detections import draw_detections
 from scrfdkit.detector import SCRFD
 from scrfdkit.faces import aligned_crops, anonymize
 from scrfdkit.files import StagedOutputs, check_output_file, check_output_folder, same_file
+from scrfdkit.photos import encode
 from scrfdkit.pipeline import WriteBehind, read_ahead
 from scrfdkit.timing import Profile
 from scrfdkit.video import VIDEO_SUFFIXES, VideoSink, fourcc_for, frames, open_capture
@@ -145,7 +146,7 @@ def main() -> int:
             if args.crops is not None:
                 for face, crop in enumerate(aligned_crops(frame, dets, args.crop_size)):
                     crop_path = args.crops / f"{stem}_frame{index:06d}_face{face}.png"
-                    staged.write_bytes(crop_path, cv2.imencode(".png", crop)[1].tobytes())
+                    staged.write_bytes(crop_path, encode(crop_path, crop))
                     record["faces"][face]["crop"] = str(crop_path)
             lines.append(json.dumps(record) + "\n")
         if args.show:

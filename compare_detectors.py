@@ -22,31 +22,34 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from scrfdkit.cli import (DATA_DIR, MODELS_DIR, RESULTS_DIR, SHARED, ArgumentParser, UserError, cli,
+from scrfdkit.bench.memory_probe import DETECT_RSS_RUNS, detector_memory
+from scrfdkit.bench.model_grid import GRID_SIZES, expand_models, grid_models
+from scrfdkit.bench.speed import csv_rows
+from scrfdkit.cli import (DATA_DIR, DEFAULT_WIDER, MODELS_DIR, RESULTS_DIR, ArgumentParser, cli,
                           parse_hw, positive_int)
-from scrfdkit.comparison import (ROUGH_KEY, comparison_table, eval_index, evaluate_missing,
-                                 mark_pareto, plot_comparison, result_key)
-from scrfdkit.evaluation import EvaluationSettings, require_ray
+from scrfdkit.compare.comparison import (ROUGH_KEY, comparison_table, eval_index, mark_pareto,
+                                         plot_comparison, result_key)
+from scrfdkit.compare.peers import (DEFAULT_PEERS_DIR, PEERS, PEERS_DIR_ENV, available_peers,
+                                    make_detector, open_detector, peers_dir)
+from scrfdkit.defaults import DEFAULT_INPUT_HW
+from scrfdkit.errors import UserError
 from scrfdkit.files import check_output_folder, find_images, read_image
-from scrfdkit.memory_probe import detector_memory
-from scrfdkit.model_grid import GRID_SIZES, expand_models, grid_models
-from scrfdkit.peers import (PEERS, DEFAULT_PEERS_DIR, PEERS_DIR_ENV, available_peers, open_detector,
-                            peers_dir)
-from scrfdkit.speed import csv_rows
 from scrfdkit.tables import markdown_table, write_csv, write_markdown
 from scrfdkit.timing import environment, interleaved_rounds, latency_summary, time_calls
-from scrfdkit.widerface import DEFAULT_WIDER, add_wider_arguments
+from scrfdkit.wider.dataset import add_wider_arguments
+from scrfdkit.wider.evaluation import Evaluation, EvaluationSettings, evaluate_all, grid_evaluations
 
 DEFAULT_OUT = RESULTS_DIR / "compare"  # compare.md, compare.csv, compare.png
 DEFAULT_EVAL = "results/**/results.json"  # evaluate_widerface.py runs to take the APs from
 DEFAULT_REPEAT = 10  # interleaved rounds of the comparison
 LIST_REPEAT = 5  # timed runs per image with --list
 COMPARE_PHOTOS = 8  # WIDER val photos (spread over the folder) the detectors are timed on
-FALLBACK_PHOTOS = (DATA_DIR / "crowd_selfie.jpg", SHARED / "samples" / "crowd_selfie.jpg")
+FALLBACK_PHOTOS = (DATA_DIR / "samples" / "crowd_selfie.jpg", DATA_DIR / "friends.jpg")
 MB = 1e6
 
 
@@ -124,7 +127,7 @@ def choose_photos(image: Path | None) -> list[tuple[Path, np.ndarray]]:
     if image is not None:
         paths = find_images([image])
     else:
-        wider = SHARED / "widerface" / "WIDER_val" / "images"
+        wider = DEFAULT_WIDER / "WIDER_val" / "images"
         paths = find_images([wider]) if wider.is_dir() else []
         if paths:
             picks = np.linspace(0, len(paths) - 1, min(COMPARE_PHOTOS, len(paths))).round().astype(int)
@@ -223,6 +226,27 @@ def settings_table() -> list[str]:
                            "Source"], rows, left=3, text=[5, 6])
 
 
+def evaluate_missing(detectors: list[tuple[str, str]], known: dict[str, dict],
+                     settings: EvaluationSettings, out: Path, map_tasks) -> list[str]:
+    """compare_detectors.py --evaluate: WIDER FACE results for the (kind, name_or_path) detectors
+    `known` lacks, into the folders `make compare` gives them (peers OUT/<name>, SCRFD models
+    OUT/scrfd/<model>_<H>x<W>), here or as tasks of map_tasks. Returns those folders; an evaluation that
+    fails is noted and left out of the table."""
+    evaluations = []
+    for kind, name_or_path in detectors:
+        if result_key(kind, name_or_path) in known:
+            continue
+        if kind == "peer":
+            evaluations.append(Evaluation(name_or_path, None, out / name_or_path))
+        else:
+            evaluations += grid_evaluations([Path(name_or_path)], [], DEFAULT_INPUT_HW, out / "scrfd")
+    if evaluations:
+        print(f"\nevaluating {len(evaluations)} detector(s) on WIDER FACE val"
+              + (" as Ray tasks" if map_tasks is not None else ""))
+        evaluate_all(evaluations, settings, keep_going=True, map_tasks=map_tasks)
+    return [str(evaluation.out) for evaluation in evaluations]
+
+
 def main() -> int:
     args = parse_args()
     if args.settings:
@@ -237,8 +261,10 @@ def main() -> int:
     check_output_folder(args.out, "--out")
     if args.images_list is not None and not args.images_list.is_file():
         raise UserError(f"images list not found: {args.images_list}")
+    map_tasks = None
     if args.ray is not None:
-        require_ray()
+        from scrfdkit.scale import ray_jobs  # Ray only when asked for (UserError when missing)
+        map_tasks = partial(ray_jobs.map_tasks, args.ray)
     models = expand_models(args.models) if args.models else [
         m for m in grid_models(args.models_dir, args.hw or list(GRID_SIZES))[0] if m.suffix == ".tflite"]
     photos = choose_photos(args.image)
@@ -249,9 +275,10 @@ def main() -> int:
     evaluated = []
     if args.evaluate or args.ray is not None:
         settings = EvaluationSettings(args.wider, args.images_list, "rough", threads=args.threads,
-                                      peers_dir=peers_dir(args.peers_dir).resolve())
-        evaluated = evaluate_missing([(e.kind, e.name_or_path) for e in live], eval_index(args.eval_results),
-                                     settings, args.out, args.ray)
+                                      peers_dir=peers_dir(args.peers_dir).resolve(),
+                                      open_peer=make_detector)
+        evaluated = evaluate_missing([(e.kind, e.name_or_path) for e in live],
+                                     eval_index(args.eval_results), settings, args.out, map_tasks)
     print(f"\ntiming {len(live)} detectors' detect() on {len(photos)} photo(s), {args.threads} thread(s), "
           f"{repeat} rounds, interleaved")
     time_entries(live, [image for _, image in photos], repeat)
@@ -260,7 +287,7 @@ def main() -> int:
     for entry in live:
         row = entry_row(entry, args.threads, results)
         if not args.no_rss:
-            peak, error = detector_memory(entry.kind, entry.name_or_path, args.threads,
+            peak, error = detector_memory("scrfdkit.compare.peers:open_detector", entry.kind, entry.name_or_path, args.threads,
                                           [path for path, _ in photos[:2]], peers_folder=args.peers_dir)
             row["peak_rss_mb"] = peak / MB if peak else None
             if error:
@@ -268,7 +295,8 @@ def main() -> int:
         rows.append(row)
     mark_pareto(rows)
 
-    lines = comparison_table(rows, env, [path for path, _ in photos], args.threads, repeat)
+    lines = comparison_table(rows, env, [path for path, _ in photos], args.threads, repeat,
+                             DETECT_RSS_RUNS)
     print("\n" + "\n".join(lines))
     write_markdown(args.out / "compare.md", lines)
     write_csv(args.out / "compare.csv", csv_rows(rows))

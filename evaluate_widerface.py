@@ -24,18 +24,25 @@ from __future__ import annotations
 
 import argparse
 import os
+from functools import partial
 from pathlib import Path
 
-from scrfdkit.cli import (DEFAULT_INPUT_HW, EVAL_NMS_THRESHOLD, EVAL_SCORE_THRESHOLD, RESULTS_DIR,
-                          SCORE_THRESHOLD, UserError, cli, parse_hw)
-from scrfdkit.evaluation import (TASK_LOG, EvaluationSettings, evaluate, evaluate_all,
-                                 grid_evaluations, require_ray)
-from scrfdkit.model_files import family_of, fixed_input_hw
-from scrfdkit.model_stats import model_flops
-from scrfdkit.peers import PEERS, model_path as peer_model_path
+from scrfdkit.bench.model_stats import model_flops
+from scrfdkit.cli import (DEFAULT_WIDER, RESULTS_DIR, ArgumentParser, cli, fraction, parse_hw,
+                          positive_int)
+from scrfdkit.compare.peers import PEERS, make_detector
+from scrfdkit.compare.peers import model_path as peer_model_path
+from scrfdkit.defaults import (DEFAULT_INPUT_HW, EVAL_NMS_THRESHOLD, EVAL_SCORE_THRESHOLD,
+                               SCORE_THRESHOLD)
+from scrfdkit.errors import UserError
+from scrfdkit.files import check_output_folder
+from scrfdkit.metadata import family_of
+from scrfdkit.runners import fixed_input_hw
 from scrfdkit.tables import markdown_table, print_markdown, write_csv, write_markdown
-from scrfdkit.wider_metrics import PROTOCOLS, ROUGH_IOU, add_float32_change, percent
-from scrfdkit.widerface import DEFAULT_WIDER, IMAGES_DIR, SUBSETS, add_wider_arguments
+from scrfdkit.wider.dataset import IMAGES_DIR, SUBSETS, add_wider_arguments
+from scrfdkit.wider.evaluation import (TASK_LOG, EvaluationSettings, evaluate, evaluate_all,
+                                       grid_evaluations)
+from scrfdkit.wider.metrics import PROTOCOLS, ROUGH_IOU, add_float32_change, percent
 
 DEFAULT_OUT = RESULTS_DIR / "widerface"
 
@@ -44,7 +51,7 @@ def run_grid(args: argparse.Namespace, settings: EvaluationSettings, out: Path) 
     """Every --model at every --size (fixed-size exports at their own size): one table."""
     evaluations = grid_evaluations(args.model, args.size, DEFAULT_INPUT_HW, out)
     rows = []
-    for evaluation, results in zip(evaluations, evaluate_all(evaluations, settings, args.ray)):
+    for evaluation, results in zip(evaluations, evaluate_all(evaluations, settings, map_tasks=ray_task_mapper(args.ray))):
         model, size = evaluation.model, evaluation.size
         rows.append({"Model": model.stem, "Input shape": f"{size[0]}x{size[1]}",
                      "Precision": results["model"]["precision"],
@@ -73,9 +80,7 @@ def run_grid(args: argparse.Namespace, settings: EvaluationSettings, out: Path) 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Evaluate SCRFD face detectors on WIDER FACE val (official AP, rough-detection "
-                    "protocols, error analysis, metrics grid).")
+    parser = ArgumentParser(__doc__)
     parser.add_argument("--model", type=Path, action="append", default=[],
                         help=".onnx or .tflite detector (repeat with --grid)")
     parser.add_argument("--detector", default=None, metavar="NAME",
@@ -99,7 +104,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--analyze", action="store_true",
                         help="error analysis into OUT/report.md; without --model or "
                              "--predictions, analyses the finished run in --out")
-    parser.add_argument("--operating-score", type=float, default=SCORE_THRESHOLD, metavar="S",
+    parser.add_argument("--operating-score", type=fraction, default=SCORE_THRESHOLD, metavar="S",
                         help="score an application keeps detections at, 0..1: precision and "
                              "recall of the rough protocols and the --analyze misses and false "
                              "positives are taken there (default %(default)s, scrfd.py's photo "
@@ -107,12 +112,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--grid", action="store_true",
                         help="evaluate every --model at every --size and write OUT/metrics.md "
                              "and metrics.csv")
-    parser.add_argument("--score-threshold", type=float, default=EVAL_SCORE_THRESHOLD,
+    parser.add_argument("--score-threshold", type=fraction, default=EVAL_SCORE_THRESHOLD,
                         help="keep detections scoring at least this, 0..1 (default %(default)s, "
                              "the SCRFD paper's VGA protocol)")
-    parser.add_argument("--nms-threshold", type=float, default=EVAL_NMS_THRESHOLD,
+    parser.add_argument("--nms-threshold", type=fraction, default=EVAL_NMS_THRESHOLD,
                         help="NMS IoU threshold, 0..1 (default %(default)s)")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help=f"inference threads (default: all {os.cpu_count() or 1} cores; "
                              "with --ray, 1 per evaluation)")
     parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
@@ -126,12 +131,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check_options(args: argparse.Namespace) -> None:
     """Every option, before any work: one clear error instead of a failure halfway through."""
-    for name in ("score_threshold", "nms_threshold", "operating_score"):
-        value = getattr(args, name)
-        if not 0.0 <= value <= 1.0:  # also false for nan
-            raise UserError(f"--{name.replace('_', '-')} must be between 0 and 1, got {value}")
-    if args.threads is not None and args.threads < 1:
-        raise UserError(f"--threads must be at least 1, got {args.threads}")
     for model in args.model:
         if not model.is_file():
             raise UserError(f"model not found: {model}")
@@ -161,22 +160,29 @@ def check_options(args: argparse.Namespace) -> None:
     if args.ray is not None:
         if not args.grid:
             raise UserError("--ray runs the evaluations of a --grid; give --grid")
-        require_ray()
+        ray_task_mapper(args.ray)  # Ray installed, or a one-line error now
+
+
+def ray_task_mapper(address: str | None):
+    """scale.ray_jobs.map_tasks bound to the cluster address, or None to run here."""
+    if address is None:
+        return None
+    from scrfdkit.scale import ray_jobs  # Ray only when asked for (UserError when missing)
+    return partial(ray_jobs.map_tasks, address)
 
 
 def check_out(out: Path, args: argparse.Namespace) -> None:
     """OUT must be a folder we can create or write, and not an input."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; give a folder")
-    existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
-    if not existing.is_dir():
-        raise UserError(f"cannot create --out {out}: {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write to --out {out}: {existing} is not writable")
+    check_output_folder(out, "--out")
     if args.predictions is not None and out.resolve() == args.predictions.resolve():
         raise UserError("--out must not be the --predictions folder; results go beside it")
     if out.resolve() == ((args.wider or DEFAULT_WIDER) / IMAGES_DIR).resolve():
         raise UserError(f"--out {out} is the WIDER FACE images folder; choose another folder")
+
+
+def resuming(args: argparse.Namespace) -> bool:
+    """--analyze --out a finished run: its own WIDER FACE folder and images are taken again."""
+    return not args.model and args.predictions is None and not args.detector
 
 
 def main() -> None:
@@ -195,8 +201,9 @@ def main() -> None:
                                          else args.predictions.resolve().name)
     check_out(out, args)
     settings = EvaluationSettings(
-        args.wider, args.images_list, args.protocol, args.predictions, args.analyze,
-        args.operating_score, args.score_threshold, args.nms_threshold,
+        args.wider or (None if resuming(args) else DEFAULT_WIDER), args.images_list,
+        args.protocol, args.predictions, args.analyze,
+        args.operating_score, args.score_threshold, args.nms_threshold, open_peer=make_detector,
         threads=args.threads or (1 if args.ray is not None else os.cpu_count() or 1))
     if args.grid:
         run_grid(args, settings, out)

@@ -17,14 +17,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from scrfdkit.cli import ArgumentParser, UserError, cli, parse_hw, positive_int
-from scrfdkit.files import atomic_path, sha256_of
-from scrfdkit.model_files import check_output_path, check_writable_folder
-from scrfdkit.onnx_edit import (DEFAULT_OPSET, MODEL_URL_ENV, RELEASES, canonical_outputs,
-                                check_download_url, check_image, download, fix_input,
-                                highest_opset, input_hw, load_onnx, opset_of,
-                                parity_with_source, release_url, resize_sizes_to_scales,
-                                run_onnx, simplify, upgrade_opset)
+from scrfdkit.cli import ArgumentParser, cli, parse_hw, positive_int
+from scrfdkit.errors import UserError
+from scrfdkit.export.model_files import check_output_path
+from scrfdkit.export.onnx_edit import (DEFAULT_OPSET, MODEL_URL_ENV, RELEASES, canonical_outputs,
+                                       check_download_url, check_image, download, fix_input,
+                                       highest_opset, input_hw, load_onnx, opset_of,
+                                       parity_with_source, release_url, resize_sizes_to_scales,
+                                       run_onnx, simplify, upgrade_opset)
+from scrfdkit.files import atomic_path, check_writable_folder, sha256_of
 
 MODELS_DIR = Path("models")  # relative to the working folder, as the README's commands are
 DEFAULT_MODEL = MODELS_DIR / "det_500m.onnx"

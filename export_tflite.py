@@ -27,15 +27,17 @@ from pathlib import Path
 
 import numpy as np
 
-from scrfdkit.cli import ArgumentParser, UserError, cli, positive_int
+from scrfdkit.cli import ArgumentParser, cli, positive_int
 from scrfdkit.decode import INPUT_MEAN, INPUT_STD, KINDS, STRIDES, identify_outputs
+from scrfdkit.errors import UserError
+from scrfdkit.export.int8 import (calibration_images, calibration_tensor, prepare_int8_onnx,
+                                  quantize_int8)
+from scrfdkit.export.model_files import (check_output_path, embed_metadata, replace_model,
+                                         write_metadata)
+from scrfdkit.export.onnx_edit import onnx2tf_test_data, onnx_metadata, run_onnx2tf, static_input
+from scrfdkit.export.parity import FLOAT32_TOLERANCE, parity, parity_table, worst_error
 from scrfdkit.files import find_images, sha256_of
-from scrfdkit.int8 import calibration_images, calibration_tensor, prepare_int8_onnx, quantize_int8
-from scrfdkit.model_files import (TFLITE_SHA256, check_output_path, embed_metadata,
-                                  export_family, export_name, metadata_path, replace_model,
-                                  write_metadata)
-from scrfdkit.onnx_edit import onnx2tf_test_data, onnx_metadata, run_onnx2tf, static_input
-from scrfdkit.parity import FLOAT32_TOLERANCE, parity, parity_table, worst_error
+from scrfdkit.metadata import TFLITE_SHA256, export_family, export_name, metadata_path
 from scrfdkit.runners import OnnxRunner, tflite_interpreter
 
 MODELS_DIR = Path("models")  # relative to the working folder, as the README's commands are

@@ -27,26 +27,21 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
-from scrfdkit.cli import (DEFAULT_IMAGE, DEFAULT_MODEL, RESULTS_DIR, ArgumentParser, UserError,
+from scrfdkit.cli import (DEFAULT_IMAGE, DEFAULT_MODEL, RESULTS_DIR, ArgumentParser,
                           add_detector_arguments, add_face_output_arguments, check_model, cli,
                           display, positive_int, score_threshold)
-from scrfdkit.detections import Detections
 from scrfdkit.detector import SCRFD
-from scrfdkit.files import (StagedOutputs, check_output_file, check_output_folder, find_images,
-                            read_image)
-from scrfdkit.photos import (JSON_NAME, WRITE_ERRORS, PhotoOutputs, error_line, image_format,
-                             output_paths, save_photo, write_error)
-from scrfdkit.pipeline import WriteBehind, read_ahead
-from scrfdkit.timing import Profile
+from scrfdkit.errors import UserError
+from scrfdkit.files import (StagedOutputs, check_output_file, check_output_folder, find_images)
+from scrfdkit.photos import (JSON_NAME, Photo, PhotoOutputs, image_format, output_paths,
+                             run_photos)
 
 PROGRESS_FROM = 4  # a progress bar from this many images on; one line per image below it
-QUEUE_DEPTH = 4  # images read ahead of, and written behind, the model
+STAGES = ("read", "preprocess", "inference", "postprocess", "write")
 
 
 def parse_args(argv: list[str] | None = None):
@@ -89,81 +84,50 @@ def list_file_line(line: str) -> list[str]:
     return [line.strip()] if line.strip() else []
 
 
-@dataclass
-class Loaded:
-    """One input after the read-ahead thread: the image and its model input, or why not."""
-
-    path: Path
-    output: Path
-    image: np.ndarray | None = None
-    prepared: tuple | None = None
-    error: str | None = None
-
-
 def detect_here(detector: SCRFD, images: list[Path], outputs: list[Path], json_path: Path,
                 settings: PhotoOutputs, verbose: bool) -> tuple[list[Path], int, float, dict]:
     """The single-process run: (unreadable images, faces, seconds, seconds per stage)."""
-    profile = Profile()
-
-    def load(path: Path, output: Path) -> Loaded:
-        with profile("read"):
-            try:
-                image = read_image(path)
-            except UserError as err:
-                return Loaded(path, output, error=str(err))
-        return Loaded(path, output, image, detector.prepare(image))
-
-    def save(item: Loaded, dets: Detections, staged: StagedOutputs, lines: list[str]) -> None:
-        """The outputs of one photo; one the encoder cannot handle is a warning, not the end."""
-        try:
-            with profile("write"):
-                lines.append(save_photo(item.path, item.output, item.image, dets, settings, staged))
-        except WRITE_ERRORS as err:
-            message = write_error(item.path, err)
-            tqdm.write(f"warning: {message}; skipped", file=sys.stderr)
-            failed.append(item.path)
-            lines.append(error_line(item.path, message))
-
-    failed: list[Path] = []
-    faces, lines, seen = 0, [], 0
+    failed: list[str] = []
+    lines: list[str] = []
+    faces = 0
+    totals = dict.fromkeys(STAGES, 0.0)
     started = time.perf_counter()
-    with StagedOutputs() as staged:
+    bar = tqdm(total=len(images), unit="img", disable=verbose)
+
+    def done(photo: Photo) -> None:
+        nonlocal faces
+        faces += photo.faces
+        lines.append(photo.line)
+        for stage, seconds in photo.seconds.items():
+            totals[stage] += seconds
+        bar.update()
+        bar.set_postfix(faces=faces, refresh=False)
+        if photo.error:
+            tqdm.write(f"warning: {photo.error}; skipped", file=sys.stderr)
+            failed.append(photo.source)
+        elif verbose:
+            print(f"{display(photo.source)}: {photo.faces} face{'s' * (photo.faces != 1)} "
+                  f"({photo.seconds['inference'] * 1000:.0f} ms)")
+
+    with StagedOutputs() as staged, bar:
         try:
-            with WriteBehind(QUEUE_DEPTH) as writer, tqdm(total=len(images), unit="img",
-                                                          disable=verbose) as bar:
-                for item in read_ahead(map(load, images, outputs), QUEUE_DEPTH):
-                    seen += 1
-                    bar.update()
-                    if item.error:
-                        tqdm.write(f"warning: {item.error}; skipped", file=sys.stderr)
-                        failed.append(item.path)
-                        writer.submit(lines.append, error_line(item.path, item.error))
-                        continue
-                    dets = detector.detect_prepared(item.prepared)
-                    faces += len(dets)
-                    writer.submit(save, item, dets, staged, lines)
-                    bar.set_postfix(faces=faces, refresh=False)
-                    if verbose:
-                        print(f"{display(item.path)}: {len(dets)} face{'s' * (len(dets) != 1)} "
-                              f"({detector.timings['inference'] * 1000:.0f} ms)")
+            run_photos(detector, images, outputs, settings, staged, done)
         except KeyboardInterrupt:
-            print(f"stopped after {seen} of {len(images)} image(s): nothing written; earlier "
+            print(f"stopped after {bar.n} of {len(images)} image(s): nothing written; earlier "
                   f"results in {display(settings.out_dir)} are as they were", file=sys.stderr)
             raise
         if len(failed) == len(images):
             raise UserError(f"none of the {len(images)} image(s) could be read")
         staged.path(json_path).write_text("".join(lines))
         staged.commit()
-    stages = {"read": profile.totals["read"], **detector.profile.totals,
-              "write": profile.totals["write"]}
-    return failed, faces, time.perf_counter() - started, stages
+    return failed, faces, time.perf_counter() - started, totals
 
 
 def find_inputs(args) -> tuple[list, list[Path]]:
     """The photos, and the paths that name their outputs (a URI's host and path, with --ray)."""
     exclude = [args.out] + ([args.crops] if args.crops else [])
     if args.ray is not None:
-        from scrfdkit import distributed  # Ray only when asked for
+        from scrfdkit.scale import ray_jobs as distributed  # Ray only when asked for
         images = distributed.find_sources(args.image, exclude)
         names = [distributed.local_name(source) for source in images]
     else:
@@ -203,7 +167,7 @@ def main() -> int:
     settings = PhotoOutputs(args.out, args.blur, args.crops, args.crop_size)
     verbose = args.verbose or len(images) < PROGRESS_FROM
     if args.ray is not None:
-        from scrfdkit import distributed
+        from scrfdkit.scale import ray_jobs as distributed
         run = distributed.detect_on_ray(images, outputs, json_path, settings, options,
                                         args.ray or None, args.ray_actors, verbose)
         failed, faces, elapsed, stages = run.failed, run.faces, run.elapsed, run.stages

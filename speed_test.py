@@ -26,23 +26,24 @@ import argparse
 import json
 from pathlib import Path
 
-from scrfdkit import speed
-from scrfdkit.backends import (ALL_BACKENDS, BACKEND_FORMAT, CPU_BACKENDS, GPU_BACKENDS,
-                               gpu_status, input_tensor, nvidia_gpu, open_backend)
-from scrfdkit.cli import (DATA_DIR, EVAL_NMS_THRESHOLD, EVAL_SCORE_THRESHOLD, MODELS_DIR,
-                          RESULTS_DIR, SHARED, ArgumentParser, UserError, cli, fraction,
+from scrfdkit.bench import speed
+from scrfdkit.bench.backends import (ALL_BACKENDS, BACKEND_FORMAT, CPU_BACKENDS, GPU_BACKENDS,
+                                     gpu_status, input_tensor, nvidia_gpu, open_backend)
+from scrfdkit.bench.memory_probe import fresh_process_memory
+from scrfdkit.bench.model_grid import GRID_SIZES, default_models, expand_models, grid_models
+from scrfdkit.bench.model_stats import (ModelStatsError, load_graph, model_statistics,
+                                        print_statistics, statistics_summary, xnnpack_coverage)
+from scrfdkit.bench.op_profile import profile_ops
+from scrfdkit.bench.speed import Config
+from scrfdkit.cli import (DATA_DIR, MODELS_DIR, REPO, RESULTS_DIR, ArgumentParser, cli, fraction,
                           parse_hw, positive_int)
+from scrfdkit.defaults import EVAL_NMS_THRESHOLD, EVAL_SCORE_THRESHOLD
+from scrfdkit.errors import UserError
 from scrfdkit.files import atomic_write, check_output_file, read_image
-from scrfdkit.memory_probe import fresh_process_memory
-from scrfdkit.model_grid import GRID_SIZES, default_models, expand_models, grid_models
-from scrfdkit.model_stats import (ModelStatsError, load_graph, model_statistics,
-                                  print_statistics, statistics_summary, xnnpack_coverage)
-from scrfdkit.op_profile import profile_ops
-from scrfdkit.speed import Config
 from scrfdkit.tables import write_csv, write_markdown
 from scrfdkit.timing import environment
 
-IMAGE_CANDIDATES = (DATA_DIR / "crowd_selfie.jpg", SHARED / "samples" / "crowd_selfie.jpg")
+IMAGE_CANDIDATES = (DATA_DIR / "samples" / "crowd_selfie.jpg", DATA_DIR / "friends.jpg")
 DEFAULT_THREADS = "1,2"
 DEFAULT_REPEAT = 10  # rounds; every runner gets one block of --iters calls per round
 DEFAULT_ITERS = 10
@@ -94,7 +95,7 @@ def parse_args() -> argparse.Namespace:
                         help=f"timed model calls per row per round (default {DEFAULT_ITERS})")
     parser.add_argument("--image", type=Path, default=None,
                         help="photo for the end-to-end timing and the memory runs (default "
-                             "crowd_selfie.jpg from data/ or $SCRFD_SHARED/samples)")
+                             "data/samples/crowd_selfie.jpg (make data), else data/friends.jpg)")
     parser.add_argument("--score", type=fraction, default=EVAL_SCORE_THRESHOLD,
                         help=f"end-to-end score threshold (default {EVAL_SCORE_THRESHOLD}, as "
                              "evaluation: the crowded, worst case for post-processing)")
@@ -257,7 +258,7 @@ def main() -> int:
                            args.nms, image) for c in configs]
     if not args.no_rss:
         speed.measure_rss(rows, configs, image)
-    command = speed.check_command(args.rss_command, args.models_dir, image)
+    command = speed.check_command(args.rss_command, args.models_dir, image, REPO / "scrfd.py")
     print("\nmodel statistics (at the timed input size):")
     for info in statistics.values():
         print(f"  {statistics_summary(info)}")

@@ -27,11 +27,12 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from scrfdkit.cli import (DEFAULT_MODEL, RESULTS_DIR, ArgumentParser, UserError,
-                          add_detector_arguments, add_face_output_arguments, check_model, cli,
-                          count, display, score_threshold)
+from scrfdkit.cli import (DEFAULT_MODEL, RESULTS_DIR, ArgumentParser, add_detector_arguments,
+                          add_face_output_arguments, check_model, cli, count, display,
+                          score_threshold)
 from scrfdkit.detections import draw_detections
 from scrfdkit.detector import SCRFD
+from scrfdkit.errors import UserError
 from scrfdkit.faces import aligned_crops, anonymize
 from scrfdkit.files import StagedOutputs, check_output_file, check_output_folder, same_file
 from scrfdkit.photos import encode

@@ -1,6 +1,6 @@
 """scrfdkit: the library behind the scrFDOnlyInference scripts.
 
-    from scrfdkit import SCRFD, read_image
+    from . import SCRFD, read_image
     faces = SCRFD("models/scrfd500m_480x640_float32.tflite").detect(read_image("photo.jpg"))
 
 TensorFlow is never imported here, so inference starts fast and small.
@@ -12,9 +12,9 @@ import os
 # cv2 is first imported, which is when OpenCV reads it.
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 28))
 
-from .cli import UserError  # noqa: E402
 from .detections import Detections, draw_detections  # noqa: E402
 from .detector import SCRFD  # noqa: E402
+from .errors import UserError  # noqa: E402
 from .files import read_image  # noqa: E402
 
 __all__ = ["SCRFD", "Detections", "UserError", "draw_detections", "read_image"]

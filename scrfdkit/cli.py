@@ -1,5 +1,6 @@
-"""What every entry script shares: the error type, the exit-code contract, paths, thresholds,
-and the detector options. One home for each default so no two scripts disagree."""
+"""What the entry scripts share, and only they use: the exit-code contract, argparse with one-line
+errors, the scripts' default paths (relative to the repository, wherever it is run from), and
+the detector options."""
 from __future__ import annotations
 
 import argparse
@@ -10,36 +11,24 @@ import traceback
 from pathlib import Path
 from typing import Callable, NoReturn
 
-REPO = Path(__file__).resolve().parents[1]
+from .defaults import (BLUR_SCORE_THRESHOLD, DEFAULT_THREADS, MAX_INPUT_SIDE, NMS_THRESHOLD,
+                       SCORE_THRESHOLD)
+from .errors import Terminated, UserError, one_line
+from .files import display
+
+REPO = Path(__file__).resolve().parents[1]  # the scripts' folder: their defaults live there
 MODELS_DIR = REPO / "models"
 DATA_DIR = REPO / "data"
 RESULTS_DIR = REPO / "results"
-SHARED = Path(os.environ.get("SCRFD_SHARED", REPO.parent / "shared"))
 
 DEFAULT_MODEL = MODELS_DIR / "scrfd500m_480x640_float32.tflite"  # the original quick start
 DEFAULT_IMAGE = DATA_DIR / "friends.jpg"
-DEFAULT_INPUT_HW = (640, 640)  # dynamic ONNX models: SCRFD's "VGA" input
-DEFAULT_THREADS = min(4, os.cpu_count() or 1)
-MAX_INPUT_SIDE = 4096  # model input sides beyond this only exhaust memory
-
-SCORE_THRESHOLD = 0.5  # SCRFD's usual operating point: few false positives on photos
-BLUR_SCORE_THRESHOLD = 0.4  # anonymising: +8 points recall on 16 px faces for 0.27 false positives per image (README)
-NMS_THRESHOLD = 0.4  # InsightFace's default IoU for merging duplicate boxes
-EVAL_SCORE_THRESHOLD = 0.02  # SCRFD paper's WIDER FACE protocol: keep nearly every candidate,
-EVAL_NMS_THRESHOLD = 0.45  # and suppress at IoU 0.45
+DEFAULT_WIDER = DATA_DIR  # `make data` links WIDER_val/, ground_truth/, wider_face_split/ here
 DEBUG_ENV = "SCRFD_DEBUG"  # set to 1 to see the traceback behind an unexpected error
 
 EXPORT_HINT = ("`python export_modified_onnx.py --model models/det_500m.onnx --hw 480,640` then "
                "`python export_tflite.py --onnx models/det_500m_480x640.onnx`")
 DOWNLOAD_HINT = "`python export_modified_onnx.py --download buffalo_sc`"
-
-
-class UserError(Exception):
-    """A problem with what the user gave us; scripts print it on one line and exit 2."""
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so every `finally` and temporary-file cleanup runs."""
 
 
 def _raise_terminated(signum, frame) -> NoReturn:
@@ -74,7 +63,8 @@ def cli(main: Callable[[], object]) -> None:
     except Exception as err:  # a bug or an environment problem: still one line by default
         if os.environ.get(DEBUG_ENV):
             traceback.print_exc()
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        detail = one_line(err)
+        detail = "" if detail == type(err).__name__ else detail
         print(f"error: unexpected {type(err).__name__}{': ' + detail if detail else ''} "
               f"(set {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
         sys.exit(1)
@@ -128,14 +118,6 @@ def count(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
-
-
-def display(path: str | os.PathLike) -> str:
-    """Paths relative to the working folder when they are inside it: shorter to read."""
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
 
 
 def check_model(path: Path) -> Path:

@@ -14,8 +14,8 @@ from typing import Iterable, Sequence
 import cv2
 import numpy as np
 
-from .cli import UserError
 from .detections import Detections
+from .errors import UserError
 from .nms import nms
 
 STRIDES = (8, 16, 32)
@@ -152,6 +152,12 @@ def postprocess(raw: RawOutputs, input_hw: tuple[int, int], anchors: int, scale:
                 score_threshold: float, nms_threshold: float, max_faces: int = 0) -> Detections:
     """decode -> NMS -> undo the letterbox: the one post-processing every backend uses."""
     boxes, scores, landmarks = decode(raw, input_hw, anchors, score_threshold)
+    return suppress(boxes, scores, landmarks, scale, nms_threshold, max_faces)
+
+
+def suppress(boxes: np.ndarray, scores: np.ndarray, landmarks: np.ndarray | None, scale: float,
+             nms_threshold: float, max_faces: int = 0) -> Detections:
+    """NMS over decoded candidates, best first, then back to image pixels."""
     keep = nms(boxes, scores, nms_threshold)
     if max_faces > 0:
         keep = keep[:max_faces]

@@ -34,10 +34,6 @@ class Detections:
                 raise ValueError(f"landmarks must be ({len(self.scores)}, 5, 2), got "
                                  f"{self.landmarks.shape}")
 
-    @classmethod
-    def empty(cls, with_landmarks: bool = True) -> "Detections":
-        return cls(np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2)) if with_landmarks else None)
-
     def __len__(self) -> int:
         return len(self.scores)
 

@@ -5,11 +5,11 @@ import os
 
 import numpy as np
 
-from .cli import DEFAULT_THREADS, NMS_THRESHOLD, SCORE_THRESHOLD
-from .decode import postprocess, preprocess
+from .decode import decode, preprocess, suppress
+from .defaults import DEFAULT_THREADS, NMS_THRESHOLD, SCORE_THRESHOLD
 from .detections import Detections
 from .files import to_bgr8
-from .runners import open_runner
+from .runners import Runner, open_runner
 from .timing import Profile
 
 
@@ -17,20 +17,23 @@ class SCRFD:
     """Face detector over an ONNX Runtime or LiteRT runner.
 
     `timings` holds the seconds spent in the last call's preprocess / inference /
-    postprocess, so scripts can report where time goes without wrapping the calls.
+    postprocess (decode + nms), so scripts can report where time goes without wrapping calls.
     """
 
     def __init__(self, model_path: str | os.PathLike, input_hw: tuple[int, int] | None = None,
                  score_threshold: float = SCORE_THRESHOLD, nms_threshold: float = NMS_THRESHOLD,
                  max_faces: int = 0, threads: int | None = DEFAULT_THREADS,
-                 runner_options: dict | None = None):
+                 runner_options: dict | None = None, runner: Runner | None = None):
+        """`runner`: an already open runner of model_path (the speed test's backends)."""
         self.model_path = model_path
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
         self.max_faces = max_faces
-        self.runner = open_runner(model_path, input_hw, threads, **(runner_options or {}))
+        self.runner = runner or open_runner(model_path, input_hw, threads,
+                                            **(runner_options or {}))
         self.input_hw = self.runner.input_hw
         self.profile = Profile()
+        self.candidates = 0  # before NMS, in the last call: what NMS had to sort through
 
     @property
     def has_landmarks(self) -> bool:
@@ -54,8 +57,13 @@ class SCRFD:
         with self.profile("inference"):
             raw = self.runner.run(tensor)
         with self.profile("postprocess"):
-            return postprocess(raw, self.input_hw, self.runner.anchors, scale,
-                               self.score_threshold, self.nms_threshold, self.max_faces)
+            with self.profile("decode"):
+                boxes, scores, landmarks = decode(raw, self.input_hw, self.runner.anchors,
+                                                  self.score_threshold)
+            self.candidates = len(scores)
+            with self.profile("nms"):
+                return suppress(boxes, scores, landmarks, scale, self.nms_threshold,
+                                self.max_faces)
 
     def detect(self, image_bgr: np.ndarray) -> Detections:
         """Faces in one BGR image, best first, in the image's own pixels."""

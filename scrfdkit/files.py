@@ -16,7 +16,7 @@ from typing import Iterator, Sequence
 import cv2
 import numpy as np
 
-from .cli import UserError
+from .errors import UserError
 
 FLOAT_UNIT_PEAK = 1.5  # float images peaking below this hold [0, 1] samples, above it [0, 255]
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -239,6 +239,14 @@ class StagedOutputs:
         self.discard()
 
 
+def display(path: str | os.PathLike) -> str:
+    """Paths relative to the working folder when they are inside it: shorter to read."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def sha256_of(path: str | os.PathLike) -> str:
     """Hex sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
@@ -252,7 +260,7 @@ def check_output_folder(path: Path, option: str) -> Path:
     """Fail before any work when `path` cannot be a folder we write into (a file, /proc...)."""
     if path.exists() and not path.is_dir():
         raise UserError(f"{option} {path} is a file; give a folder")
-    _check_creatable(path, option)
+    check_writable_folder(path, f"{option} {path}")
     return path
 
 
@@ -263,7 +271,7 @@ def check_output_file(path: Path, option: str, inputs: Sequence[Path] = ()) -> P
     for source in inputs:
         if same_file(path, source):
             raise UserError(f"{option} {path} is one of the inputs; it would be overwritten")
-    _check_creatable(path.parent, option, path)
+    check_writable_folder(path.parent, f"{option} {path}")
     if path.exists() and not os.access(path, os.W_OK):
         raise UserError(f"{option} {path} is not writable")
     return path
@@ -277,13 +285,18 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return Path(os.path.abspath(a)) == Path(os.path.abspath(b))
 
 
-def _check_creatable(folder: Path, option: str, shown: Path | None = None) -> None:
-    """The nearest existing ancestor must be a writable folder (we create the rest)."""
-    shown = shown or folder
-    probe = Path(os.path.abspath(folder))
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise UserError(f"{option} {shown}: {probe} is a file, not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK) or str(probe).startswith(("/proc", "/sys")):
-        raise UserError(f"{option} {shown}: {probe} is not writable")
+def check_writable_folder(folder: Path, what: str) -> None:
+    """Refuse a folder that is a file, lies under a file, or may not be written to; the
+    nearest existing ancestor must take a real file (permission bits say little for root or
+    read-only mounts). `what` names the option and value in the message ("--out results")."""
+    existing = Path(os.path.abspath(folder))
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{what}: {existing} is a file, not a folder")
+    if str(existing).startswith(("/proc", "/sys")):
+        raise UserError(f"{what}: {existing} is not writable")
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as err:
+        raise UserError(f"{what}: cannot write in {existing} ({err.strerror or err})") from None

@@ -1,24 +1,29 @@
-"""The per-photo job of scrfd.py: what is written for one image, and where.
+"""The per-photo job of scrfd.py: what is written for one image and where, and the loop that
+reads ahead of the model and writes behind it.
 
-One home for it, so the single-process run and a distributed one write the same files
-and the same JSON line for every photo.
+One home for both, so the single-process run and a Ray actor write the same files and the
+same JSON line for every photo.
 """
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterable
 
 import cv2
 import numpy as np
 
-from .cli import UserError, display
 from .detections import Detections, draw_detections
+from .errors import UserError
 from .faces import ARCFACE_SIZE, aligned_crops, anonymize
-from .files import StagedOutputs, same_file
+from .files import StagedOutputs, display, read_image, same_file
+from .pipeline import WriteBehind, read_ahead
 
 JSON_NAME = "faces.jsonl"
+QUEUE_DEPTH = 4  # photos read ahead of, and written behind, the model
 
 
 @dataclass(frozen=True)
@@ -106,3 +111,64 @@ def save_photo(path: str | Path, output: Path, image: np.ndarray, dets: Detectio
             staged.write_bytes(crop_path, encode(crop_path, crop))
             record["faces"][index]["crop"] = str(crop_path)
     return json_line(record)
+
+
+@dataclass
+class Photo:
+    """One photo on its way through run_photos(): what was read, found and written, or why not."""
+
+    source: str
+    output: Path
+    image: np.ndarray | None = None
+    prepared: tuple | None = None
+    error: str | None = None  # why it was skipped (unreadable, or its result unwritable)
+    faces: int = 0
+    line: str = ""  # its JSON line
+    seconds: dict[str, float] = field(default_factory=dict)  # read, preprocess, ..., write
+
+
+def run_photos(detector, sources: Iterable, outputs: Iterable[Path], settings: PhotoOutputs,
+               staged: StagedOutputs, done: Callable[[Photo], None],
+               read: Callable[[str], np.ndarray] = read_image) -> None:
+    """Read, detect and stage every photo, calling done(photo) for each in input order.
+
+    A thread reads and preprocesses ahead of the model and another writes behind it, so the
+    model never waits on files. A photo that cannot be read or written is a Photo with an
+    error (and an error JSON line), never the end of the run. done() runs on the writer thread.
+    """
+    def load(source, output: Path) -> Photo:
+        photo, started = Photo(str(source), Path(output)), time.perf_counter()
+        try:
+            photo.image = read(photo.source)
+        except UserError as err:
+            photo.error = str(err)
+        photo.seconds["read"] = time.perf_counter() - started
+        if photo.image is not None:
+            started = time.perf_counter()
+            photo.prepared = detector.prepare(photo.image)
+            photo.seconds["preprocess"] = time.perf_counter() - started
+        return photo
+
+    def save(photo: Photo, dets: Detections | None) -> None:
+        started = time.perf_counter()
+        if dets is not None:
+            try:
+                photo.line = save_photo(photo.source, photo.output, photo.image, dets, settings,
+                                        staged)
+            except WRITE_ERRORS as err:
+                photo.error = write_error(photo.source, err)
+        if photo.error:
+            photo.line = error_line(photo.source, photo.error)
+        photo.seconds["write"] = time.perf_counter() - started
+        photo.image = photo.prepared = None  # the pixels are written: free them now
+        done(photo)
+
+    with WriteBehind(QUEUE_DEPTH) as writer:
+        for photo in read_ahead(map(load, sources, outputs), QUEUE_DEPTH):
+            dets = None
+            if photo.error is None:
+                dets = detector.detect_prepared(photo.prepared)
+                photo.faces = len(dets)
+                photo.seconds.update(inference=detector.timings["inference"],
+                                     postprocess=detector.timings["postprocess"])
+            writer.submit(save, photo, dets)

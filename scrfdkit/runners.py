@@ -12,9 +12,11 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from .cli import DEFAULT_INPUT_HW, DEFAULT_THREADS, UserError
 from .decode import OutputSpec, RawOutputs, group_outputs, identify_outputs
-from .model_files import check_tflite, check_unaltered, metadata_path, read_metadata
+from .defaults import DEFAULT_INPUT_HW, DEFAULT_THREADS
+from .errors import UserError
+from .metadata import check_unaltered, metadata_path, read_metadata
+from .tflite_check import check_tflite
 
 CPU_PROVIDERS = ("CPUExecutionProvider",)
 
@@ -241,3 +243,19 @@ def open_runner(model_path: str | os.PathLike, input_hw: tuple[int, int] | None 
     if suffix == ".tflite":
         return LiteRTRunner(model_path, input_hw, threads, **options)
     raise UserError(f"{model_path}: unsupported model type (expected .onnx or .tflite)")
+
+
+def fixed_input_hw(model_path: Path) -> tuple[int, int] | None:
+    """The input size a model file was exported for, or None when it takes any size."""
+    if not model_path.is_file():
+        raise UserError(f"model not found: {model_path}")
+    suffix = model_path.suffix.lower()
+    if suffix == ".onnx":
+        hw = onnx_session(model_path, threads=1).get_inputs()[0].shape[2:]
+        hw = [d if isinstance(d, int) else 0 for d in hw]
+    elif suffix == ".tflite":
+        shape = list(tflite_interpreter(model_path).get_input_details()[0]["shape_signature"])
+        hw = shape[2:] if len(shape) == 4 and shape[1] == 3 else shape[1:3]
+    else:
+        raise UserError(f"{model_path}: unsupported model type (expected .onnx or .tflite)")
+    return (int(hw[0]), int(hw[1])) if len(hw) == 2 and min(hw) > 0 else None

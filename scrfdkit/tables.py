@@ -8,6 +8,11 @@ from typing import Sequence
 from .files import atomic_write
 
 
+def dash(value: float | None, fmt: str) -> str:
+    """A number in a table cell, or "-" when there is none."""
+    return "-" if value is None else format(value, fmt)
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence], left: int = 1,
                    text: Sequence[int] = ()) -> list[str]:
     """Lines of a markdown table: the first `left` columns and those listed in `text` are

@@ -39,18 +39,6 @@ class Profile:
             self.totals[stage] += elapsed
             self.counts[stage] += 1
 
-    def add(self, other: dict[str, float]) -> None:
-        """Fold in durations measured elsewhere (a detector's own split of one call)."""
-        for stage, seconds in other.items():
-            self.last[stage] = seconds
-            self.totals[stage] += seconds
-            self.counts[stage] += 1
-
-    def mean_ms(self, stage: str, per: int | None = None) -> float:
-        """Mean milliseconds of a stage, per call (or per `per` items)."""
-        count = per if per is not None else self.counts[stage]
-        return 1e3 * self.totals[stage] / count if count else 0.0
-
 
 # ----------------------------------------------------------------------------- interleaved timing
 def interleaved_rounds(members: Sequence[T], repeat: int, run_block: Callable[[T], None],

@@ -11,7 +11,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from .cli import UserError
+from .errors import UserError
 from .files import IMAGE_SUFFIXES, StagedOutputs, opencv_quiet
 
 # FFmpeg's own messages about damaged frames would tear through the progress bar; we report

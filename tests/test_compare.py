@@ -8,9 +8,9 @@ import json
 import re
 
 import pytest
-
 from conftest import run_script, run_script_without
-from scrfdkit import comparison, peers
+
+from scrfdkit.compare import comparison, peers
 from scrfdkit.files import sha256_of
 
 pytestmark = pytest.mark.inference  # runs without TensorFlow (CI: make test-inference)
@@ -67,7 +67,7 @@ def test_comparison_table_joins_aps_and_marks_the_front(tflite_float32, yunet_on
 
 def test_peak_rss_of_each_detector(tflite_float32, samples_dir, tmp_path):
     """Without --no-rss every detector gets the peak RSS of a fresh process running it."""
-    from scrfdkit.peers import available_peers
+    from scrfdkit.compare.peers import available_peers
 
     usable = [name for name, reason in available_peers() if reason is None]
     peer = next((name for name in ("haar", "yunet") if name in usable), None)

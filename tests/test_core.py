@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
-import cv2
-
 from scrfdkit import decode, files, nms
-from scrfdkit.cli import UserError, parse_hw
+from scrfdkit.cli import parse_hw
+from scrfdkit.errors import UserError
 from scrfdkit.nms import greedy_nms
 
 pytestmark = pytest.mark.inference  # runs without TensorFlow (CI: make test-inference)

@@ -14,7 +14,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 pytest.importorskip("onnx2tf", reason="make demo converts the model: needs the full environment")

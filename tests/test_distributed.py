@@ -16,14 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO, run_script
 
 pytest.importorskip("ray", reason="Ray is not installed: python -m pip install -r "
                                   "requirements-scale.txt")
-from scrfdkit import distributed  # noqa: E402  (needs Ray)
-from scrfdkit.cli import UserError  # noqa: E402
+from scrfdkit.errors import UserError  # noqa: E402
 from scrfdkit.photos import PhotoOutputs  # noqa: E402
+from scrfdkit.scale import ray_jobs as distributed  # noqa: E402  (needs Ray)
 
 pytestmark = pytest.mark.inference
 SIZE = "320,320"

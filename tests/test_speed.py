@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import REPO, SAMPLES, TEST_HW, run_script
 from onnx import numpy_helper
 
-from conftest import REPO, SAMPLES, TEST_HW, run_script
-from scrfdkit import backends, memory_probe, model_stats, speed, timing
+from scrfdkit import timing
+from scrfdkit.bench import backends, memory_probe, model_stats, speed
 from scrfdkit.files import sha256_of
 
 pytestmark = pytest.mark.inference  # runs without TensorFlow (CI: make test-inference)
@@ -60,7 +61,7 @@ def test_dynamic_onnx_flops_scale_with_pixels(det500m_onnx):
 
 
 def test_model_flops_imports_without_tensorflow(det500m_onnx):
-    code = ("import sys; from pathlib import Path; from scrfdkit.model_stats import model_flops; "
+    code = ("import sys; from pathlib import Path; from scrfdkit.bench.model_stats import model_flops; "
             f"print(model_flops(Path({str(det500m_onnx)!r}), (128, 160))); "
             "assert 'tensorflow' not in sys.modules")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,

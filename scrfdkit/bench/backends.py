@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import UserError
-from .decode import preprocess
-from .files import read_image
-from .runners import LiteRTRunner, OnnxRunner, Runner
+from ..decode import preprocess
+from ..errors import UserError
+from ..files import read_image
+from ..runners import LiteRTRunner, OnnxRunner, Runner
 
 CPU_BACKENDS = ("litert", "onnxruntime")
 GPU_BACKENDS = ("onnxruntime-cuda", "onnxruntime-tensorrt", "litert-gpu")

@@ -4,7 +4,7 @@ weight bytes, a liveness estimate of the activations, and which ops XNNPACK take
 Counted at the input size the model runs at (SCRFD's cost grows with the pixels), for ONNX
 and TFLite alike, without TensorFlow:
 
-    from scrfdkit.model_stats import model_flops
+    from .model_stats import model_flops
     model_flops(Path("models/det_500m.onnx"), (480, 640))  # 2 x multiply-adds of the convolutions
 """
 from __future__ import annotations
@@ -16,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..defaults import DEFAULT_INPUT_HW
+from ..errors import UserError
+from ..metadata import family_of
+from ..runners import onnx_session, tflite_interpreter, tflite_ops
 from .backends import INSTALL_HINT
-from .cli import DEFAULT_INPUT_HW, UserError
-from .model_files import family_of
-from .runners import onnx_session, tflite_interpreter, tflite_ops
 
 ORIGINAL_FLOPS = {("det_500m", (480, 640)): 1.113e9, ("det_500m", (256, 320)): 296.758e6,
                   ("det_500m", (128, 160)): 74.189e6}  # the original project's README

@@ -7,7 +7,6 @@ speed_test.py read them back to put accuracy beside speed.
 """
 from __future__ import annotations
 
-import glob
 import json
 import shutil
 import sys
@@ -17,11 +16,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .cli import DATA_DIR, UserError
-from .files import IMAGE_SUFFIXES, atomic_write, read_image
-from .timing import Profile
+from ..errors import UserError
+from ..files import IMAGE_SUFFIXES, atomic_write, read_image
+from ..timing import Profile
 
-DEFAULT_WIDER = DATA_DIR  # same layout as ../shared/widerface
 IMAGES_DIR = "WIDER_val/images"  # <event>/<image>.jpg
 GT_MATS = {"all": "ground_truth/wider_face_val.mat", "easy": "ground_truth/wider_easy_val.mat",
            "medium": "ground_truth/wider_medium_val.mat", "hard": "ground_truth/wider_hard_val.mat"}
@@ -33,7 +31,6 @@ ATTRIBUTES = {  # column order of wider_face_val_bbx_gt.txt after x y w h; value
     "occlusion": ("none", "partial", "heavy"), "pose": ("typical", "atypical")}
 PREDICTIONS_DIR = "predictions"  # OUT/predictions/<event>/<image>.txt
 PREDICTION_SETTINGS = "predictions.json"  # beside predictions/: the public code lists that folder
-RESULTS_NAME = "results.json"
 
 
 # ----------------------------------------------------------------------------- ground truth
@@ -342,48 +339,7 @@ def add_wider_arguments(parser, default: Path | None, verb: str = "evaluate") ->
     """--wider and --images-list, shared by evaluate_widerface.py and compare_detectors.py."""
     parser.add_argument("--wider", type=Path, default=default,
                         help=f"WIDER FACE root with {IMAGES_DIR}/, ground_truth/ and "
-                             f"wider_face_split/ (default {default or DEFAULT_WIDER})")
+                             f"wider_face_split/ (default {default or 'data/, where `make data` links it'})")
     parser.add_argument("--images-list", type=Path, default=None,
                         help=f"{verb} only these images (<event>/<image>.jpg per line, like "
                              "dev_images.txt); default: every image present under --wider")
-
-
-def write_results(out: Path, results: dict) -> Path:
-    """OUT/results.json, written whole."""
-    path = out / RESULTS_NAME
-    with atomic_write(path) as handle:
-        json.dump(results, handle, indent=2)
-    return path
-
-
-def read_results(out: Path) -> dict:
-    """The results.json an earlier run wrote into OUT; UserError when there is none."""
-    path = out / RESULTS_NAME
-    if not path.is_file():
-        raise UserError(f"{path} not found: give --model or --predictions, or --out a folder an "
-                        "earlier run wrote")
-    try:
-        results = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot read {path}: {err}") from None
-    if not isinstance(results, dict):
-        raise UserError(f"{path} is not an evaluate_widerface.py results file")
-    return results
-
-
-def find_results(pattern: str) -> list[dict]:
-    """Every readable results.json under a folder or matching a glob, each with its path
-    under "file"; unreadable ones are noted on stderr and skipped."""
-    path = Path(pattern)
-    files = sorted(path.rglob(RESULTS_NAME)) if path.is_dir() else \
-        sorted(Path(p) for p in glob.glob(pattern, recursive=True))
-    results = []
-    for file in files:
-        try:
-            result = json.loads(file.read_text())
-        except (OSError, ValueError):
-            print(f"note: {file} is not readable JSON; skipped", file=sys.stderr)
-            continue
-        if isinstance(result, dict):
-            results.append({**result, "file": str(file)})
-    return results

@@ -26,23 +26,22 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 from urllib.parse import urlparse
 
 import numpy as np
 from tqdm import tqdm
 
-from .cli import UserError, display
-from .detector import SCRFD
-from .files import IMAGE_SUFFIXES, StagedOutputs, find_images, read_image
-from .photos import WRITE_ERRORS, PhotoOutputs, error_line, save_photo, write_error
-from .pipeline import WriteBehind, read_ahead
+from ..detector import SCRFD
+from ..errors import UserError, one_line
+from ..files import IMAGE_SUFFIXES, StagedOutputs, display, find_images, read_image
+from ..photos import Photo, PhotoOutputs, run_photos
 
 try:
-    import ray
-    import ray.data
     import pyarrow
     import pyarrow.fs
+    import ray
+    import ray.data
 except ModuleNotFoundError as missing:  # scrfd.py imports this module only for --ray
     raise UserError(f"--ray needs {missing.name}: python -m pip install -r "
                     "requirements-scale.txt") from None
@@ -50,7 +49,6 @@ except ModuleNotFoundError as missing:  # scrfd.py imports this module only for 
 STAGES = ("read", "preprocess", "inference", "postprocess", "write")
 MAX_BATCH = 32  # photos per actor call: enough to hide a call's overhead, few enough to balance
 BATCHES_PER_ACTOR = 4  # small runs: at least this many calls per actor, so none waits idle
-QUEUE_DEPTH = 4  # photos read ahead of, and written behind, an actor's model (as in scrfd.py)
 GLOB_CHARS = "*?["
 
 
@@ -95,11 +93,6 @@ class Filesystems:
                 return stream.read()
         except (OSError, ValueError) as err:
             raise UserError(f"cannot read {uri}: {one_line(err)}") from None
-
-
-def one_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[-1] if lines else type(err).__name__
 
 
 def glob_match(parts: Sequence[str], pattern: Sequence[str]) -> bool:
@@ -203,19 +196,6 @@ def output_folders(outputs: Sequence[Path], json_path: Path, settings: PhotoOutp
 
 
 # ----------------------------------------------------------------------------- actors
-@dataclass
-class Loaded:
-    """One photo after the read-ahead thread: the image and its model input, or why not."""
-
-    source: str
-    output: Path
-    read: float
-    preprocess: float = 0.0
-    image: np.ndarray | None = None
-    prepared: tuple | None = None
-    error: str | None = None
-
-
 class PhotoWorker:
     """A Ray actor: one detector, loaded once, running scrfd.py's per-photo job on batches.
 
@@ -249,49 +229,19 @@ class PhotoWorker:
             except UserError as err:
                 raise UserError(str(err).replace(copy.name, source)) from None
 
-    def load(self, source: str, output: str) -> Loaded:
-        source, started = str(source), time.perf_counter()
-        try:
-            image = self.read(source)
-        except UserError as err:
-            return Loaded(source, Path(output), time.perf_counter() - started, error=str(err))
-        read, started = time.perf_counter() - started, time.perf_counter()
-        prepared = self.detector.prepare(image)
-        return Loaded(source, Path(output), read, time.perf_counter() - started, image, prepared)
-
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         staging, began = SharedStaging(self.tag), time.time()  # wall clock: compared across nodes
         rows: list[dict] = []
 
-        def save(item: Loaded, dets, row: dict) -> None:
-            """The outputs of one photo; one the encoder cannot handle is a warning, not the end."""
-            started, first = time.perf_counter(), len(staging.pairs)
-            try:
-                row["line"] = save_photo(item.source, item.output, item.image, dets,
-                                         self.settings, staging)
-            except WRITE_ERRORS as err:
-                row["error"] = write_error(item.source, err)
-                row["line"] = error_line(item.source, row["error"])
-            row["staged"] = json.dumps(staging.pairs[first:])
-            row["write"] = time.perf_counter() - started
-            row["finished"] = time.time()
+        def done(photo: Photo) -> None:  # the files staged since the last photo are this one's
+            staged = staging.pairs[sum(row["files"] for row in rows):]
+            rows.append({"line": photo.line, "error": photo.error or "", "faces": photo.faces,
+                         "staged": json.dumps(staged), "files": len(staged), **photo.seconds,
+                         "finished": time.time()})
 
         try:
-            with WriteBehind(QUEUE_DEPTH) as writer:
-                for item in read_ahead(map(self.load, batch["source"], batch["output"]),
-                                       QUEUE_DEPTH):
-                    row = {"line": "", "error": "", "faces": 0, "staged": "[]", "read": item.read,
-                           "preprocess": item.preprocess}
-                    rows.append(row)
-                    if item.error:
-                        row.update(error=item.error, line=error_line(item.source, item.error),
-                                   finished=time.time())
-                        continue
-                    dets = self.detector.detect_prepared(item.prepared)
-                    timings = self.detector.timings  # the read-ahead thread times preprocess
-                    row.update(inference=timings["inference"], faces=len(dets),
-                               postprocess=timings["postprocess"])
-                    writer.submit(save, item, dets, row)
+            run_photos(self.detector, batch["source"], batch["output"], self.settings, staging,
+                       done, read=self.read)
         except BaseException:
             staging.discard()
             raise
@@ -324,7 +274,7 @@ def connect(address: str | None) -> Cluster:
         logging.getLogger("ray.data").setLevel(logging.WARNING)
     ray.data.DataContext.get_current().enable_progress_bars = False  # scrfd.py has its own
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "...disabled"
-    package = str(Path(__file__).resolve().parent)  # workers run this scrfdkit, not another
+    package = str(Path(__file__).resolve().parents[1])  # workers run this scrfdkit, not another
     options = {"runtime_env": {"py_modules": [package]}, "logging_level": logging.ERROR,
                "log_to_driver": False}  # actors' own logs: /tmp/ray/session_latest/logs
     if not (address or os.environ.get("RAY_ADDRESS", "")).startswith("ray://"):
@@ -456,3 +406,54 @@ def collect(results: "ray.data.Dataset", run: RayRun, staging: SharedStaging,
     missing = sum(line is None for line in run.lines)
     if missing:  # never expected: Ray Data hands back every row it was given
         raise UserError(f"the Ray job lost {missing} of {len(run.sources)} image(s)")
+
+
+# ----------------------------------------------------------------------------- any tasks
+def map_tasks(address: str | None, function: Callable, items: Sequence, *, cpus: int,
+              titles: Sequence[str], logs: Sequence[Path], summary: Callable[[dict], str],
+              keep_going: bool = False) -> list[dict | None]:
+    """function(item) for every item, each a Ray task of `cpus` CPUs; results in item order.
+
+    The driver prints one line per finished task (summary(result)); each task writes its own
+    output to its log. A UserError in a task stops the run (others are cancelled), or with
+    keep_going is noted and gives None; a task whose worker died is a UserError naming its log.
+    """
+    connecting = time.perf_counter()
+    cluster = connect(address or None)
+    try:
+        largest = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]),
+                      default=0)
+        if cpus > largest:
+            raise UserError(f"--threads {cpus} needs {cpus} CPUs on one node; the Ray cluster's "
+                            f"largest node has {largest:g}")
+        print(f"ray: cluster at {cluster.address} with {cluster.cpus} CPU(s), ready in "
+              f"{time.perf_counter() - connecting:.1f} s; {len(items)} task(s) of {cpus} "
+              f"thread(s) each, each one's output in its log", flush=True)
+        task = ray.remote(function).options(num_cpus=cpus, max_retries=0)
+        started = time.perf_counter()
+        pending = {task.remote(item): index for index, item in enumerate(items)}
+        results: list[dict | None] = [None] * len(items)
+        while pending:
+            (ready,), _ = ray.wait(list(pending), num_returns=1)
+            index = pending.pop(ready)
+            log = display(logs[index])
+            try:
+                results[index] = found = ray.get(ready)
+            except ray.exceptions.RayError as err:
+                cause = getattr(err, "cause", None)  # what the task raised, as it raised it
+                if not isinstance(cause, Exception):  # the worker died (memory, a signal)
+                    cause = UserError(f"the Ray task for {titles[index]} failed: "
+                                      f"{one_line(err)} (log: {log})")
+                if not keep_going or not isinstance(cause, UserError):
+                    for other in pending:
+                        ray.cancel(other, force=True)
+                    raise cause from None
+                print(f"note: {titles[index]} could not be evaluated: {cause} (log: {log})",
+                      flush=True)
+                continue
+            done = len(items) - len(pending)
+            print(f"done {done}/{len(items)} after {time.perf_counter() - started:.1f} s: "
+                  f"{titles[index]}: {summary(found)} (log: {log})", flush=True)
+        return results
+    finally:
+        ray.shutdown()

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .decode import KINDS, STRIDES, preprocess
-from .files import read_image
-from .runners import LiteRTRunner, OnnxRunner
-from .tables import markdown_table
+from ..decode import KINDS, STRIDES, preprocess
+from ..files import read_image
+from ..runners import LiteRTRunner, OnnxRunner
+from ..tables import markdown_table
 
 CANDIDATE_SCORE = 0.02  # parity is also reported on anchors ONNX scores this high (AP counts them)
 FLOAT32_TOLERANCE = 1e-3  # a float32 conversion must agree with ONNX this closely

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import SCORE_THRESHOLD
-from .tables import markdown_table, pyplot, save_figure
-from .widerface import SUBSETS, GroundTruth
+from ..defaults import SCORE_THRESHOLD
+from ..tables import markdown_table, pyplot, save_figure
+from .dataset import SUBSETS, GroundTruth
 
 OFFICIAL_IOU = 0.5
 THRESHOLDS = 1000  # score thresholds of the public code's precision-recall curve

@@ -15,11 +15,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .cli import EVAL_SCORE_THRESHOLD, SCORE_THRESHOLD, UserError
-from .files import atomic_write, read_image
-from .tables import markdown_table, pyplot, save_figure
-from .wider_metrics import OFFICIAL_IOU, Matcher, percent, plain_iou
-from .widerface import ATTRIBUTES, GroundTruth, load_attributes
+from ..defaults import EVAL_SCORE_THRESHOLD, SCORE_THRESHOLD
+from ..errors import UserError
+from ..files import atomic_write, read_image
+from ..tables import markdown_table, pyplot, save_figure
+from .dataset import ATTRIBUTES, GroundTruth, load_attributes
+from .metrics import OFFICIAL_IOU, Matcher, percent, plain_iou
 
 POOR_IOU = 0.1  # a false positive with IoU 0.1-0.5 to some face is poorly localised
 SIZE_BINS = (0, 8, 16, 32, 64, 128, 256)  # face height bins in pixels (last one open-ended)

@@ -12,18 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
+from ..ap_results import find_results
+from ..detector import SCRFD
+from ..files import read_image, sha256_of
+from ..metadata import family_of, precision_from_name, read_metadata_or_none
+from ..runners import Runner
+from ..tables import dash, markdown_table, pyplot, save_figure
+from ..timing import Profile, interleaved_rounds, latency_summary, paired_ratio, time_calls
 from .backends import BACKEND_LABELS, GPU_BACKENDS
-from .cli import REPO
-from .decode import decode, preprocess
-from .files import read_image, sha256_of
 from .memory_probe import RSS_RUNS, command_memory, fresh_process_memory
-from .model_files import family_of, precision_from_name, read_metadata_or_none
 from .model_grid import DEFAULT_MODELS, relative_path
-from .nms import nms
-from .runners import Runner
-from .tables import markdown_table, pyplot, save_figure
-from .timing import Profile, interleaved_rounds, latency_summary, paired_ratio, time_calls
-from .widerface import find_results
 
 WARMUP = 5  # untimed calls of every runner before the rounds
 E2E_PER_ROUND = 2  # end-to-end runs on the photo per row and round
@@ -65,22 +63,18 @@ class Config:
 # ----------------------------------------------------------------------------- timing
 def end_to_end(runner: Runner, image_path: Path, score: float, iou: float, profile: Profile
                ) -> dict[str, int]:
-    """One photo through the whole pipeline, every stage timed into `profile` (its `last`)."""
+    """One photo through the whole pipeline (SCRFD.detect over this runner), every stage timed
+    into `profile` (its `last`): read, preprocess, inference, decode, nms, total."""
+    detector = SCRFD(runner.model_path, score_threshold=score, nms_threshold=iou, runner=runner)
     with profile("total"):
         with profile("read"):
             image = read_image(image_path)
-        with profile("preprocess"):
-            tensor, scale = preprocess(image, runner.input_hw, runner.layout)
-        with profile("inference"):
-            raw = runner.run(tensor)
-        with profile("decode"):
-            boxes, scores, landmarks = decode(raw, runner.input_hw, runner.anchors, score)
-        with profile("nms"):
-            keep = nms(boxes, scores, iou)
-            boxes = boxes[keep] / scale
-            if landmarks is not None:
-                landmarks = landmarks[keep] / scale
-    return {"candidates": len(scores), "kept": len(keep)}
+        dets = detector.detect(image)
+    for stage in ("preprocess", "inference", "decode", "nms"):
+        profile.last[stage] = detector.profile.last[stage]
+        profile.totals[stage] += detector.profile.last[stage]
+        profile.counts[stage] += 1
+    return {"candidates": detector.candidates, "kept": len(dets)}
 
 
 def time_group(configs: list[Config], image: Path | None, repeat: int, iters: int,
@@ -207,16 +201,16 @@ def measure_rss(rows: list[dict], configs: list[Config], image: Path | None) -> 
                                       if row["peak_rss_mb"] else memory.get("error", "n/a")))
 
 
-def check_command(text: str, models_dir: Path, image: Path | None) -> dict | None:
-    """Peak RSS and TensorFlow imports of a command (by default scrfd.py with the int8 model)."""
+def check_command(text: str, models_dir: Path, image: Path | None, scrfd_script: Path) -> dict | None:
+    """Peak RSS and TensorFlow imports of a command ("auto": scrfd_script with the int8 model)."""
     if text == "none":
         return None
     if text == "auto":
         int8 = relative_path(models_dir / DEFAULT_MODELS[2])
-        if not ((REPO / "scrfd.py").exists() and int8.exists() and image):
+        if not (scrfd_script.exists() and int8.exists() and image):
             print(f"note: no scrfd.py memory check ({int8}, scrfd.py or the photo is missing)")
             return None
-        text = (f"python {relative_path(REPO / 'scrfd.py')} --model {int8} --image "
+        text = (f"python {relative_path(scrfd_script)} --model {int8} --image "
                 f"{relative_path(image)} --out {Path(tempfile.gettempdir()) / 'speed_test_scrfd'}")
     result = command_memory(text)
     peak = result["peak_rss"]
@@ -228,10 +222,6 @@ def check_command(text: str, models_dir: Path, image: Path | None) -> dict | Non
 
 
 # ----------------------------------------------------------------------------- reporting
-def dash(value: float | None, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
-
-
 def speed_tables(rows: list[dict], ratios: list[dict], env: dict, repeat: int, iters: int,
                  image: Path | None, score: float, iou: float, usable_gpu: bool) -> list[str]:
     """The README's tables: one row per model x backend x threads, then the ratios, then how."""

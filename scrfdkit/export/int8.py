@@ -21,9 +21,9 @@ from typing import Iterator
 
 import numpy as np
 
-from .cli import UserError
-from .decode import preprocess
-from .files import find_images, read_image
+from ..decode import preprocess
+from ..errors import UserError
+from ..files import find_images, read_image
 from .onnx_edit import converter_step, model_session
 
 STATS_IMAGES = 16  # calibration images whose activations drive the weight rounding

@@ -22,10 +22,10 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from .cli import UserError
-from .decode import KINDS, STRIDES, identify_outputs, letterbox, preprocess
-from .files import read_image, sha256_of
-from .runners import onnx_session
+from ..decode import KINDS, STRIDES, identify_outputs, letterbox, preprocess
+from ..errors import UserError
+from ..files import read_image, sha256_of
+from ..runners import onnx_session
 
 DEFAULT_OPSET = 13  # what onnx2tf handles best for these graphs
 RELEASE_URL = "https://github.com/deepinsight/insightface/releases/download/v0.7/"

@@ -14,26 +14,26 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
-from .cli import EVAL_NMS_THRESHOLD, EVAL_SCORE_THRESHOLD, SCORE_THRESHOLD, UserError, display
-from .detector import SCRFD
+from ..ap_results import read_results, write_results
+from ..defaults import EVAL_NMS_THRESHOLD, EVAL_SCORE_THRESHOLD, SCORE_THRESHOLD
+from ..detector import SCRFD
+from ..errors import UserError
+from ..files import sha256_of
+from ..runners import fixed_input_hw
+from ..tables import print_markdown, write_markdown
+from ..timing import Profile
+from .dataset import (IMAGES_DIR, PREDICTIONS_DIR, SUBSETS, load_ground_truth, predict_images,
+                      prediction_path, prepare_prediction_folder, read_predictions, select_images,
+                      stale_predictions, write_images_list)
 from .error_analysis import analyze
-from .files import sha256_of
-from .model_files import fixed_input_hw
-from .peers import make_detector
-from .tables import print_markdown, write_markdown
-from .timing import Profile
-from .wider_metrics import (OFFICIAL_IOU, THRESHOLDS, describe_run, official_curves,
-                            official_table, operating_score_warning, percent, plot_pr,
-                            ranking_warning, report_lines, rough_metrics, rough_protocols,
-                            rough_settings, rough_table)
-from .widerface import (DEFAULT_WIDER, IMAGES_DIR, PREDICTIONS_DIR, SUBSETS, load_ground_truth,
-                        predict_images, prediction_path, prepare_prediction_folder,
-                        read_predictions, read_results, select_images, stale_predictions,
-                        write_images_list, write_results)
+from .metrics import (OFFICIAL_IOU, THRESHOLDS, describe_run, official_curves, official_table,
+                      operating_score_warning, percent, plot_pr, ranking_warning, report_lines,
+                      rough_metrics, rough_protocols, rough_settings, rough_table)
 
 TASK_LOG = "evaluate.log"  # what a Ray task printed, beside its results.json
 
@@ -53,6 +53,7 @@ class EvaluationSettings:
     nms_threshold: float = EVAL_NMS_THRESHOLD
     threads: int = 1
     peers_dir: Path | None = None
+    open_peer: Callable | None = None  # makes a peer detector by name (compare.peers.make_detector)
 
 
 @dataclass(frozen=True)
@@ -95,8 +96,10 @@ def predict(model: Path | str, size: tuple[int, int] | None, keys: list[str],
                          max_faces=0, threads=settings.threads)
         model_file, name = model, model.name
     else:
-        detector = make_detector(model, evaluation=True, threads=settings.threads,
-                                 peers_folder=settings.peers_dir)
+        if settings.open_peer is None:
+            raise UserError(f"{model}: other face detectors need EvaluationSettings.open_peer")
+        detector = settings.open_peer(model, evaluation=True, threads=settings.threads,
+                                      peers_folder=settings.peers_dir)
         model_file, name = Path(detector.model_path), model
     input_hw = list(detector.input_hw) if detector.input_hw else None
     run_settings = {"detector": name, "model_sha256": sha256_of(model_file),
@@ -141,7 +144,9 @@ def evaluate(settings: EvaluationSettings, model: Path | str | None,
     """
     previous = read_results(out) if model is None and settings.predictions is None else {}
     earlier = previous.get("settings", {})
-    wider = settings.wider or Path(earlier.get("wider", DEFAULT_WIDER))
+    wider = settings.wider or (Path(earlier["wider"]) if "wider" in earlier else None)
+    if wider is None:
+        raise UserError("give --wider: the folder holding WIDER_val/ and ground_truth/")
     images_list = settings.images_list or (out / "images.txt" if previous else None)
     protocol = settings.protocol or previous.get("protocol", "official")
     operating_score = settings.operating_score
@@ -214,14 +219,18 @@ def evaluate(settings: EvaluationSettings, model: Path | str | None,
 
 
 def evaluate_all(evaluations: list[Evaluation], settings: EvaluationSettings,
-                 ray_address: str | None = None, keep_going: bool = False) -> list[dict | None]:
-    """Results of every evaluation, in the order given: one after the other here, or, given
-    a ray_address ("" lets Ray choose the cluster, as `scrfd.py --ray` does), one Ray task each.
+                 keep_going: bool = False, map_tasks: Callable | None = None) -> list[dict | None]:
+    """Results of every evaluation, in the order given: one after the other here, or each as a
+    task of `map_tasks` (scrfdkit.scale.ray_jobs.map_tasks bound to a cluster address), its
+    output in OUT/evaluate.log.
 
     A failure stops the run with its error, or with keep_going is noted and gives None.
     """
-    if ray_address is not None:
-        return evaluate_on_ray(evaluations, settings, ray_address, keep_going)
+    if map_tasks is not None:
+        return map_tasks(partial(evaluate_logged, settings, workdir=os.getcwd()), evaluations,
+                         cpus=settings.threads, titles=[e.title for e in evaluations],
+                         logs=[e.out / TASK_LOG for e in evaluations], summary=summary_line,
+                         keep_going=keep_going)
     results: list[dict | None] = []
     for evaluation in evaluations:
         print(f"\n=== {evaluation.title}")
@@ -235,9 +244,15 @@ def evaluate_all(evaluations: list[Evaluation], settings: EvaluationSettings,
     return results
 
 
-# ----------------------------------------------------------------------------- on Ray
+def summary_line(results: dict) -> str:
+    """APs and skipped images of one finished evaluation, for a line of progress."""
+    skipped = len(results["skipped_images"])
+    return ("  ".join(f"{s.capitalize()} {percent(results[s])}" for s in SUBSETS)
+            + (f"; {skipped} unreadable image(s) skipped" if skipped else ""))
+
+
 def evaluate_logged(settings: EvaluationSettings, evaluation: Evaluation, workdir: str) -> dict:
-    """evaluate() as a Ray task: in the driver's working folder (relative paths mean there what
+    """evaluate() as a task on a cluster node: in the driver's working folder (relative paths mean there what
     they mean to the driver), its output into OUT/evaluate.log instead of the driver's screen."""
     previous = os.getcwd()
     try:
@@ -252,70 +267,3 @@ def evaluate_logged(settings: EvaluationSettings, evaluation: Evaluation, workdi
             return evaluate(settings, evaluation.model, evaluation.size, evaluation.out)
     finally:
         os.chdir(previous)
-
-
-def require_ray() -> None:
-    """A one-line UserError naming the install when Ray is missing: checked with the options."""
-    from . import distributed  # noqa: F401  (its import is the check)
-
-
-def evaluate_on_ray(evaluations: list[Evaluation], settings: EvaluationSettings, address: str,
-                    keep_going: bool = False) -> list[dict | None]:
-    """evaluate_all() with one Ray task of settings.threads CPUs per evaluation.
-
-    The driver prints one line per finished evaluation; each task's own output is in its
-    OUT/evaluate.log. Paths the workers would resolve against their copy of this package
-    (the default WIDER FACE folder) are fixed here first.
-    """
-    require_ray()
-    import ray
-
-    from .distributed import connect, one_line
-
-    settings = replace(settings, wider=settings.wider or DEFAULT_WIDER)
-    connecting = time.perf_counter()
-    cluster = connect(address or None)
-    try:
-        largest = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]),
-                      default=0)
-        if settings.threads > largest:
-            raise UserError(f"--threads {settings.threads} needs {settings.threads} CPUs on one "
-                            f"node; the Ray cluster's largest node has {largest:g}")
-        print(f"ray: cluster at {cluster.address} with {cluster.cpus} CPU(s), ready in "
-              f"{time.perf_counter() - connecting:.1f} s; {len(evaluations)} evaluation(s) of "
-              f"{settings.threads} thread(s) each, each one's output in its folder's {TASK_LOG}",
-              flush=True)
-        task = ray.remote(evaluate_logged).options(num_cpus=settings.threads, max_retries=0)
-        started = time.perf_counter()
-        pending = {task.remote(settings, evaluation, os.getcwd()): index
-                   for index, evaluation in enumerate(evaluations)}
-        results: list[dict | None] = [None] * len(evaluations)
-        while pending:
-            (ready,), _ = ray.wait(list(pending), num_returns=1)
-            index = pending.pop(ready)
-            evaluation = evaluations[index]
-            log = display(evaluation.out / TASK_LOG)
-            try:
-                results[index] = found = ray.get(ready)
-            except ray.exceptions.RayError as err:
-                cause = getattr(err, "cause", None)  # what evaluate() raised, as it raised it
-                if not isinstance(cause, Exception):  # the worker died (memory, a signal)
-                    cause = UserError(f"the Ray task for {evaluation.title} failed: "
-                                      f"{one_line(err)} (log: {log})")
-                if not keep_going or not isinstance(cause, UserError):
-                    for other in pending:
-                        ray.cancel(other, force=True)
-                    raise cause from None
-                print(f"note: {evaluation.title} could not be evaluated: {cause} (log: {log})",
-                      flush=True)
-                continue
-            done = len(evaluations) - len(pending)
-            skipped = len(found["skipped_images"])
-            print(f"done {done}/{len(evaluations)} after {time.perf_counter() - started:.1f} s: "
-                  f"{evaluation.title}: " + "  ".join(f"{s.capitalize()} {percent(found[s])}"
-                                                      for s in SUBSETS)
-                  + (f"; {skipped} unreadable image(s) skipped" if skipped else "")
-                  + f" (log: {log})", flush=True)
-        return results
-    finally:
-        ray.shutdown()

@@ -9,7 +9,7 @@ import re
 import sys
 from pathlib import Path
 
-from .cli import SHARED, UserError
+from ..errors import UserError
 
 GRID_FAMILIES = ("500m", "2.5g")  # det_500m / det_2.5g -> scrfd500m / scrfd2.5g exports
 GRID_SIZES = ((640, 640), (480, 640), (256, 320), (128, 160))  # the original project's sizes
@@ -32,11 +32,9 @@ def export_command(path: Path) -> str:
     family, height, width, precision, suffix = match.groups()
     onnx = path.with_name(f"det_{family}_{height}x{width}.onnx")
     if suffix == "onnx":
-        source = relative_path(SHARED / "models" / f"det_{family}.onnx")
-        if not source.exists():
-            source = Path("models") / f"det_{family}.onnx"  # export_modified_onnx.py --download
+        source = Path("models") / f"det_{family}.onnx"  # make exports, or --download
         return f"python export_modified_onnx.py --model {source} --hw {height},{width} --out {path}"
-    calib = relative_path(SHARED / "widerface/WIDER_val/images")
+    calib = Path("data/WIDER_val/images")  # make data links it
     flag = {"float16": " --fp16", "int8": f" --int8 --calib {calib}",
             "dynamic": " --dynamic"}.get(precision or "", "")
     return f"python export_tflite.py --onnx {onnx}{flag} --out {path}"

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..runners import tflite_interpreter
+from ..tables import markdown_table
+from ..timing import interleaved_rounds, time_calls, version_of
 from .backends import INSTALL_HINT
 from .model_stats import ModelStatsError
-from .runners import tflite_interpreter
-from .tables import markdown_table
-from .timing import interleaved_rounds, time_calls, version_of
 
 WARMUP = 5  # untimed calls of every single-op model before the rounds
 TOTAL_ROW = "all ops, one by one"

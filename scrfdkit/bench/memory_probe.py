@@ -12,8 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import REPO
-
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding scrfdkit: the child's sys.path
 RSS_RUNS = 10  # inferences in the fresh process whose peak RSS we measure
 DETECT_RSS_RUNS = 3  # detect() calls per photo in the fresh process of a detector probe
 QUIET_TF = {"TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -26,14 +25,13 @@ import psutil
 rss = lambda: psutil.Process().memory_info().rss
 start = rss()
 import numpy as np
-from scrfdkit.backends import input_tensor, open_backend
-from scrfdkit.cli import parse_hw
+from scrfdkit.bench.backends import input_tensor, open_backend
 model, backend, threads, hw, runs, image = sys.argv[2:8]
 backend_module = "onnxruntime" if backend.startswith("onnxruntime") else "ai_edge_litert.interpreter"
 __import__(backend_module)
 imported = rss()
 t0 = time.perf_counter()
-runner = open_backend(model, backend, int(threads), parse_hw(hw) if hw else None)
+runner = open_backend(model, backend, int(threads), tuple(map(int, hw.split(','))) if hw else None)
 load_s = time.perf_counter() - t0
 loaded = rss()
 tensor = input_tensor(runner, image or None)
@@ -52,10 +50,12 @@ print(json.dumps({"rss_start": start, "rss_imported": imported, "rss_loaded": lo
 DETECTOR_CHILD = r"""
 import json, sys
 sys.path.insert(0, sys.argv[1])
+from importlib import import_module
 from scrfdkit.files import read_image
-from scrfdkit.peers import open_detector
-kind, name_or_path, threads, runs, peers_folder = sys.argv[2:7]
-images = [read_image(p) for p in sys.argv[7:]]
+factory, kind, name_or_path, threads, runs, peers_folder = sys.argv[2:8]
+module, function = factory.split(':')
+open_detector = getattr(import_module(module), function)
+images = [read_image(p) for p in sys.argv[8:]]
 detector = open_detector(kind, name_or_path, int(threads), peers_folder or None)
 for _ in range(int(runs)):
     for image in images:
@@ -90,7 +90,7 @@ def run_measured(command: list[str], env: dict | None = None, timeout: float = 9
     launcher = [sys.executable, "-c", LAUNCHER] if hasattr(os, "fork") else []
     try:
         proc = subprocess.run(launcher + command, capture_output=True, text=True, env=env,
-                              cwd=REPO, timeout=timeout)
+                              cwd=PACKAGE_ROOT, timeout=timeout)
     except subprocess.TimeoutExpired:
         return -1, "", f"timed out after {timeout:.0f} s", None
     match = re.search(r"\nmemory_probe ru_maxrss (\d+)\n$", proc.stderr)
@@ -109,7 +109,7 @@ def fresh_process_memory(model: Path, backend: str, threads: int, hw: tuple[int,
 
     The result also says how many runs it measured ("runs"), or holds an "error".
     """
-    command = [sys.executable, "-c", MODEL_CHILD, str(REPO), str(model), backend, str(threads),
+    command = [sys.executable, "-c", MODEL_CHILD, str(PACKAGE_ROOT), str(model), backend, str(threads),
                f"{hw[0]},{hw[1]}" if hw else "", str(runs), str(image or "")]
     code, out, err, peak = run_measured(command, env={**os.environ, **QUIET_TF})
     lines = [line for line in out.splitlines() if line.startswith("{")]
@@ -118,13 +118,14 @@ def fresh_process_memory(model: Path, backend: str, threads: int, hw: tuple[int,
     return {**json.loads(lines[-1]), "peak_rss": peak, "runs": runs}
 
 
-def detector_memory(kind: str, name_or_path: str, threads: int, photos: list[Path],
+def detector_memory(factory: str, kind: str, name_or_path: str, threads: int, photos: list[Path],
                     runs: int = DETECT_RSS_RUNS, peers_folder: Path | None = None
                     ) -> tuple[int | None, str | None]:
-    """Peak RSS of a fresh process that makes a detector (scrfdkit.peers.open_detector) and
-    runs detect() `runs` times on each photo: (bytes, None), or (None, why it failed)."""
-    command = [sys.executable, "-c", DETECTOR_CHILD, str(REPO), kind, name_or_path, str(threads),
-               str(runs), str(peers_folder or ""), *map(str, photos)]
+    """Peak RSS of a fresh process that makes a detector with `factory` ("module:function",
+    called as function(kind, name_or_path, threads, peers_folder)) and runs detect() `runs`
+    times on each photo: (bytes, None), or (None, why it failed)."""
+    command = [sys.executable, "-c", DETECTOR_CHILD, str(PACKAGE_ROOT), factory, kind,
+               name_or_path, str(threads), str(runs), str(peers_folder or ""), *map(str, photos)]
     code, _, err, peak = run_measured(command, env={**os.environ, **QUIET_TF})
     if code != 0:
         return None, last_error_line(err)[:160]

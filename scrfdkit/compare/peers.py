@@ -4,7 +4,7 @@ Optional: nothing else in the project imports this module, and each peer's packa
 imported only when that peer is made. A missing package or model is a UserError with a
 one-line reason, so a comparison skips that peer with a note and carries on.
 
-    from scrfdkit.peers import PEERS, available_peers, make_detector
+    from .peers import PEERS, available_peers, make_detector
     det = make_detector("yunet")                    # authors' recommended operating point
     det = make_detector("yunet", evaluation=True)   # low threshold, for WIDER FACE AP
     dets = det.detect(image_bgr)                    # scrfdkit.Detections, like SCRFD's
@@ -29,17 +29,18 @@ from types import ModuleType
 import cv2
 import numpy as np
 
-from .cli import DEFAULT_THREADS, SHARED, UserError
-from .decode import anchor_centers, letterbox
-from .detections import Detections
-from .detector import SCRFD
-from .files import to_bgr8
-from .nms import nms
-from .runners import onnx_session, tflite_interpreter
-from .timing import Profile
+from ..decode import anchor_centers, letterbox
+from ..defaults import DEFAULT_THREADS
+from ..detections import Detections
+from ..detector import SCRFD
+from ..errors import UserError
+from ..files import to_bgr8
+from ..nms import nms
+from ..runners import onnx_session, tflite_interpreter
+from ..timing import Profile
 
 PEERS_DIR_ENV = "SCRFD_PEERS_DIR"  # where the peers' model files are
-DEFAULT_PEERS_DIR = SHARED / "models" / "peers"
+DEFAULT_PEERS_DIR = Path("models/peers")  # make data links ../shared/models/peers here
 BLAZEFACE_LAYERS = {  # (stride, anchors per cell); MediaPipe face_detection_*_common.pbtxt
     "short": ((8, 2), (16, 6)),  # strides [8, 16, 16, 16], interpolated scale 1: 896 anchors
     "full": ((4, 1),),  # strides [4], interpolated scale 0: 2304 anchors

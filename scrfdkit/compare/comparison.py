@@ -1,18 +1,14 @@
 """The detector comparison's report: evaluate_widerface.py APs joined to timed detectors
-(evaluating those that have none, as `make compare` does), the Pareto front of speed and Hard
-AP, the markdown table and the chart (compare_detectors.py)."""
+, the Pareto front of speed and Hard AP, the markdown table and the chart
+(compare_detectors.py, which also evaluates the detectors that have no results yet)."""
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-from .cli import DEFAULT_INPUT_HW
-from .evaluation import Evaluation, EvaluationSettings, evaluate_all, grid_evaluations
-from .files import sha256_of
-from .memory_probe import DETECT_RSS_RUNS
-from .speed import dash
-from .tables import markdown_table, pyplot, save_figure
-from .widerface import find_results
+from ..ap_results import find_results
+from ..files import sha256_of
+from ..tables import dash, markdown_table, pyplot, save_figure
 
 ROUGH_KEY = ("rough-iou", "32px")  # the rough-protocol AP the comparison table shows
 ZOOM = ((50.0, 135.0), (66.5, 78.0))  # chart's right panel: latency ms, Hard AP (the 640-class corner)
@@ -38,27 +34,6 @@ def result_key(kind: str, name_or_path: str) -> str:
     return sha256_of(name_or_path) if kind == "scrfd" else name_or_path
 
 
-def evaluate_missing(detectors: list[tuple[str, str]], known: dict[str, dict],
-                     settings: EvaluationSettings, out: Path, ray_address: str | None) -> list[str]:
-    """compare_detectors.py --evaluate: WIDER FACE results for the (kind, name_or_path) detectors
-    `known` lacks, into the folders `make compare` gives them (peers OUT/<name>, SCRFD models
-    OUT/scrfd/<model>_<H>x<W>), here or as Ray tasks. Returns those folders; an evaluation that
-    fails is noted and left out of the table."""
-    evaluations = []
-    for kind, name_or_path in detectors:
-        if result_key(kind, name_or_path) in known:
-            continue
-        if kind == "peer":
-            evaluations.append(Evaluation(name_or_path, None, out / name_or_path))
-        else:
-            evaluations += grid_evaluations([Path(name_or_path)], [], DEFAULT_INPUT_HW, out / "scrfd")
-    if evaluations:
-        print(f"\nevaluating {len(evaluations)} detector(s) on WIDER FACE val"
-              + (" as Ray tasks" if ray_address is not None else ""))
-        evaluate_all(evaluations, settings, ray_address, keep_going=True)
-    return [str(evaluation.out) for evaluation in evaluations]
-
-
 def mark_pareto(rows: list[dict]) -> None:
     """pareto = True where no other detector is both faster and better on Hard AP."""
     ranked = sorted((r for r in rows if r.get("hard") is not None), key=lambda r: (r["median_ms"], -r["hard"]))
@@ -72,7 +47,8 @@ def mark_pareto(rows: list[dict]) -> None:
                                     and r is not row)
 
 
-def comparison_table(rows: list[dict], env: dict, photos: list[Path], threads: int, repeat: int) -> list[str]:
+def comparison_table(rows: list[dict], env: dict, photos: list[Path], threads: int, repeat: int,
+                     rss_runs: int) -> list[str]:
     table = []
     for r in sorted(rows, key=lambda r: r["median_ms"]):
         pareto = "yes" if r.get("pareto") else (f"no ({r['beaten_by']})" if r.get("beaten_by") else "-")
@@ -89,7 +65,7 @@ def comparison_table(rows: list[dict], env: dict, photos: list[Path], threads: i
             f"decoding, NMS) on {len(photos)} photo(s) ({', '.join(p.name for p in photos[:3])}"
             f"{', ...' if len(photos) > 3 else ''}), {repeat} interleaved rounds, each "
             "detector at its recommended input size and thresholds. Peak RSS: a fresh process "
-            f"that loads the detector and runs it {DETECT_RSS_RUNS} times on 2 photos. Pareto: "
+            f"that loads the detector and runs it {rss_runs} times on 2 photos. Pareto: "
             "no other detector is both faster and better on Hard AP (else the one that beats it)."]
 
 

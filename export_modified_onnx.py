@@ -17,7 +17,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from scrfdkit.cli import ArgumentParser, cli, parse_hw, positive_int
+from scrfdkit.cli import (DEFAULT_IMAGE, MODELS_DIR, ArgumentParser, cli, display, parse_hw,
+                          positive_int)
 from scrfdkit.errors import UserError
 from scrfdkit.export.model_files import check_output_path
 from scrfdkit.export.onnx_edit import (DEFAULT_OPSET, MODEL_URL_ENV, RELEASES, canonical_outputs,
@@ -27,10 +28,9 @@ from scrfdkit.export.onnx_edit import (DEFAULT_OPSET, MODEL_URL_ENV, RELEASES, c
                                        run_onnx, simplify, upgrade_opset)
 from scrfdkit.files import atomic_path, check_writable_folder, sha256_of
 
-MODELS_DIR = Path("models")  # relative to the working folder, as the README's commands are
 DEFAULT_MODEL = MODELS_DIR / "det_500m.onnx"
 DEFAULT_HW = "480,640"
-DEFAULT_CHECK_IMAGE = Path("data/friends.jpg")
+DEFAULT_CHECK_IMAGE = DEFAULT_IMAGE
 PARITY_TOLERANCE = 1e-4  # the edits are exact; anything above this is a broken graph
 
 
@@ -75,7 +75,7 @@ def export(source: Path, out: Path, height: int, width: int, opset: int, check_p
 def parse_args() -> argparse.Namespace:
     parser = ArgumentParser(__doc__)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL,
-                        help=f"SCRFD ONNX model to fix (default {DEFAULT_MODEL})")
+                        help=f"SCRFD ONNX model to fix (default {display(DEFAULT_MODEL)})")
     parser.add_argument("--hw", default=DEFAULT_HW,
                         help=f"input height,width, multiples of 32 (default {DEFAULT_HW})")
     parser.add_argument("--out", type=Path, default=None,
@@ -93,7 +93,7 @@ def parse_args() -> argparse.Namespace:
                              "(buffalo_sc: det_500m, buffalo_m: det_2.5g, buffalo_l: det_10g), "
                              "checking its sha256")
     parser.add_argument("--models-dir", type=Path, default=MODELS_DIR,
-                        help=f"where --download puts models (default {MODELS_DIR})")
+                        help=f"where --download puts models (default {display(MODELS_DIR)})")
     parser.add_argument("--mirror", default=release_url(),
                         help="folder URL holding the release archives (<URL>/buffalo_sc.zip ...; "
                              f"default: ${MODEL_URL_ENV} when set, else InsightFace's v0.7 "

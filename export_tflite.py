@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from scrfdkit.cli import ArgumentParser, cli, positive_int
+from scrfdkit.cli import (DATA_DIR, DEFAULT_IMAGE, MODELS_DIR, ArgumentParser, cli, display,
+                          positive_int)
 from scrfdkit.decode import INPUT_MEAN, INPUT_STD, KINDS, STRIDES, identify_outputs
 from scrfdkit.errors import UserError
 from scrfdkit.export.int8 import (calibration_images, calibration_tensor, prepare_int8_onnx,
@@ -40,18 +41,17 @@ from scrfdkit.files import find_images, sha256_of
 from scrfdkit.metadata import TFLITE_SHA256, export_family, export_name, metadata_path
 from scrfdkit.runners import OnnxRunner, tflite_interpreter
 
-MODELS_DIR = Path("models")  # relative to the working folder, as the README's commands are
 DEFAULT_ONNX = MODELS_DIR / "det_500m_480x640.onnx"
-DEFAULT_CALIB = Path("data/WIDER_val/images")
+DEFAULT_CALIB = DATA_DIR / "WIDER_val" / "images"  # make data links it
 DEFAULT_CALIB_COUNT = 200
-DEFAULT_CHECK_IMAGES = [Path("data/friends.jpg")]
+DEFAULT_CHECK_IMAGES = [DEFAULT_IMAGE]
 CALIB_CHECK_PHOTOS = 4  # calibration photos added to the parity check when calibrating
 
 
 def parse_args() -> argparse.Namespace:
     parser = ArgumentParser(__doc__)
     parser.add_argument("--onnx", type=Path, default=DEFAULT_ONNX,
-                        help=f"fixed-size ONNX from export_modified_onnx.py (default {DEFAULT_ONNX})")
+                        help=f"fixed-size ONNX from export_modified_onnx.py (default {display(DEFAULT_ONNX)})")
     kind = parser.add_mutually_exclusive_group()
     kind.add_argument("--int8", "--int", dest="int8", action="store_true",
                       help="full-integer int8 quantization calibrated on --calib (--int is the "
@@ -60,7 +60,7 @@ def parse_args() -> argparse.Namespace:
     kind.add_argument("--dynamic", action="store_true",
                       help="dynamic-range quantization: int8 weights, float activations")
     parser.add_argument("--calib", type=Path, default=DEFAULT_CALIB,
-                        help=f"folder of photos for int8 calibration (default {DEFAULT_CALIB})")
+                        help=f"folder of photos for int8 calibration (default {display(DEFAULT_CALIB)})")
     parser.add_argument("--calib-count", type=positive_int, default=DEFAULT_CALIB_COUNT,
                         help="calibration images, spread over the folder, at least 1 "
                              f"(default {DEFAULT_CALIB_COUNT})")

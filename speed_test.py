@@ -242,7 +242,7 @@ def main() -> int:
         return run_op_profile(args)
 
     env = environment()
-    print(f"CPU: {env['cpu']}, {env['logical_cores']} logical / {env['physical_cores']} physical "
+    print(f"CPU: {env['cpu']} ({env['cpu_features']}), {env['logical_cores']} logical / {env['physical_cores']} physical "
           f"cores, load average {env['load_average']}; " +
           ", ".join(f"{k} {v}" for k, v in env["versions"].items()))
     backends, gpus, gpu_name = choose_backends(args.backends)

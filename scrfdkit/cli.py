@@ -24,6 +24,7 @@ RESULTS_DIR = REPO / "results"
 DEFAULT_MODEL = MODELS_DIR / "scrfd500m_480x640_float32.tflite"  # the original quick start
 DEFAULT_IMAGE = DATA_DIR / "friends.jpg"
 DEFAULT_WIDER = DATA_DIR  # `make data` links WIDER_val/, ground_truth/, wider_face_split/ here
+PEERS_DIR = MODELS_DIR / "peers"  # `make data` links the peer detectors' models here
 DEBUG_ENV = "SCRFD_DEBUG"  # set to 1 to see the traceback behind an unexpected error
 
 EXPORT_HINT = ("`python export_modified_onnx.py --model models/det_500m.onnx --hw 480,640` then "

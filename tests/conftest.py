@@ -34,7 +34,9 @@ def run_script_without(module: str, script: str, *args: str) -> subprocess.Compl
 
 def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "inference: runs without TensorFlow, in an environment "
-                            "made from requirements-inference.txt alone (CI runs these twice)")
+                            "made by `pip install .` alone (CI runs these twice)")
+    config.addinivalue_line("markers", "readme: runs the README's steps in a fresh clone (slow; "
+                            "make test-readme)")
 
 
 def run_script(script: str, *args: str, check: bool = True, timeout: float = 900,

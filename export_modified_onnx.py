@@ -69,7 +69,7 @@ def export(source: Path, out: Path, height: int, width: int, opset: int, check_p
     print(f"input 1x3x{height}x{width}, opset {opset_of(model)}, {len(model.graph.node)} nodes "
           f"({', '.join(ops)})")
     print(f"outputs: {', '.join(names)}")
-    print(f"wrote {out}")
+    print(f"wrote {display(out)}")
 
 
 def parse_args() -> argparse.Namespace:

@@ -190,7 +190,8 @@ def main() -> int:
                       f"wrong, so {out} was left as it was", file=sys.stderr)
                 return 1
             replace_model(staged, out)
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {precision}) and {metadata_path(out)}")
+    print(f"wrote {display(out)} ({out.stat().st_size / 1e6:.2f} MB, {precision}) and "
+          f"{display(metadata_path(out))}")
     return 0
 
 

@@ -294,8 +294,8 @@ def check_writable_folder(folder: Path, what: str) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise UserError(f"{what}: {existing} is a file, not a folder")
-    if str(existing).startswith(("/proc", "/sys")):
-        raise UserError(f"{what}: {existing} is not writable")
+    if str(existing).startswith(("/proc", "/sys")):  # they take files, but not ours
+        raise UserError(f"{what}: cannot write in {existing} (a kernel file system)")
     try:
         tempfile.TemporaryFile(dir=existing).close()
     except OSError as err:

@@ -36,6 +36,7 @@ from ..detector import SCRFD
 from ..errors import UserError, one_line
 from ..files import IMAGE_SUFFIXES, StagedOutputs, display, find_images, read_image
 from ..photos import Photo, PhotoOutputs, run_photos
+from .reach import check_reachable
 
 try:
     import pyarrow
@@ -216,16 +217,20 @@ class PhotoWorker:
         self.tag = tag
         self.filesystems = Filesystems()
 
-    def read(self, source: str) -> np.ndarray:
+    def read(self, source: str, notes: list[str] | None = None) -> np.ndarray:
         if not is_uri(source):
-            return read_image(source)
+            return read_image(source, notes)
         data = self.filesystems.read(source)
         suffix = Path(urlparse(source).path).suffix
         with tempfile.NamedTemporaryFile(suffix=suffix) as copy:  # read_image decodes files
             copy.write(data)
             copy.flush()
             try:
-                return read_image(copy.name)
+                found: list[str] = []
+                image = read_image(copy.name, found)
+                if notes is not None:
+                    notes += [note.replace(copy.name, source) for note in found]
+                return image
             except UserError as err:
                 raise UserError(str(err).replace(copy.name, source)) from None
 
@@ -235,7 +240,8 @@ class PhotoWorker:
 
         def done(photo: Photo) -> None:  # the files staged since the last photo are this one's
             staged = staging.pairs[sum(row["files"] for row in rows):]
-            rows.append({"line": photo.line, "error": photo.error or "", "faces": photo.faces,
+            rows.append({"line": photo.line, "error": photo.error or "", "note": photo.note or "",
+                         "faces": photo.faces,
                          "staged": json.dumps(staged), "files": len(staged), **photo.seconds,
                          "finished": time.time()})
 
@@ -246,7 +252,7 @@ class PhotoWorker:
             staging.discard()
             raise
         columns = {"index": batch["index"]}
-        for key in ("line", "error", "staged"):
+        for key in ("line", "error", "note", "staged"):
             columns[key] = np.array([row[key] for row in rows], dtype=object)
         columns["faces"] = np.array([row["faces"] for row in rows], dtype=np.int64)
         for stage in STAGES:
@@ -279,6 +285,7 @@ def connect(address: str | None) -> Cluster:
                "log_to_driver": False}  # actors' own logs: /tmp/ray/session_latest/logs
     if not (address or os.environ.get("RAY_ADDRESS", "")).startswith("ray://"):
         options["include_dashboard"] = False
+    check_reachable(address)  # in seconds, where ray.init would retry for minutes
     sigterm = signal.getsignal(signal.SIGTERM)
     try:
         ray.init(address=address or None, **options)
@@ -385,6 +392,8 @@ def collect(results: "ray.data.Dataset", run: RayRun, staging: SharedStaging,
                 run.faces += int(columns["faces"][row])
                 for stage in STAGES:
                     run.stages[stage] += float(columns[stage][row])
+                if columns["note"][row]:
+                    tqdm.write(f"warning: {columns['note'][row]}", file=sys.stderr)
                 if columns["error"][row]:
                     tqdm.write(f"warning: {columns['error'][row]}; skipped", file=sys.stderr)
                     run.failed_at.append(index)

@@ -142,7 +142,7 @@ def find_inputs(args, skipped: list[str]) -> tuple[list, list[Path]]:
     exclude = [args.out] + ([args.crops] if args.crops else [])
     if args.ray is not None:
         from scrfdkit.scale import ray_jobs as distributed  # Ray only when asked for
-        images = distributed.find_sources(args.image, exclude)
+        images = distributed.find_sources(args.image, exclude, skipped)
         names = [distributed.local_name(source) for source in images]
     else:
         remote = [str(p) for p in args.image if "://" in str(p)]

@@ -138,7 +138,8 @@ def list_uri(uri: str, filesystems: Filesystems) -> list[str]:
     return found
 
 
-def find_sources(patterns: Sequence[str], exclude: Sequence[Path]) -> list[str]:
+def find_sources(patterns: Sequence[str], exclude: Sequence[Path],
+                 skipped: list[str] | None = None) -> list[str]:
     """find_images, with URIs too: every photo once, in the order a single-process run takes."""
     filesystems = Filesystems()
     found: list[str] = []
@@ -146,7 +147,7 @@ def find_sources(patterns: Sequence[str], exclude: Sequence[Path]) -> list[str]:
         if is_uri(pattern):
             found += list_uri(pattern, filesystems)
         else:
-            found += map(str, find_images([pattern], exclude=exclude))
+            found += map(str, find_images([pattern], exclude=exclude, skipped=skipped))
     return list(dict.fromkeys(found))
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
 from .errors import UserError
-from .images import opencv_quiet, read_image, to_bgr8, unsupported_format  # noqa: F401 (modules import them from here)
+from .images import opencv_quiet, read_image, to_bgr8, unsupported_format  # noqa: F401 (kept here)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".webp", ".tif",
                   ".tiff", ".jp2", ".pbm", ".pgm", ".ppm", ".pnm", ".pfm", ".sr", ".ras", ".hdr",
@@ -385,7 +385,7 @@ def check_outputs(outputs: Mapping[str, Path | None] | Iterable[Output],
         outputs = [Output(option, Path(path)) for option, path in outputs.items()
                    if path is not None and str(path) != STDOUT]
     outputs = list(outputs)
-    by_key: dict[object, tuple[str, object]] = {}  # file identity -> ("input", path) / ("output", Output)
+    by_key: dict[object, tuple[str, object]] = {}  # identity: ("input", path) / ("output", Output)
     by_folder: dict[str, list[tuple[str, tuple[str, object]]]] = {}  # folder -> [(name, owner)]
 
     def keys(path: Path) -> list[object]:

@@ -123,6 +123,10 @@ def write_video(path: Path, frames: int = 6, size: tuple[int, int] = (160, 120))
     return path
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def leftovers(folder: Path) -> list[str]:
     return [p.name for p in folder.rglob(".*")] if folder.exists() else []
 
@@ -151,7 +155,7 @@ def synthetic_onnx(path: Path, score: float) -> Path:
     return path
 
 
-# ============================================================================ 1. no output on an input
+# ------------------------------------------------------------ 1. no output on an input
 def test_1_crops_never_overwrite_an_input_photo(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     photo(tmp_path / "cin" / "x.jpg")
@@ -193,7 +197,7 @@ def test_1_photos_whose_results_share_a_name_get_their_own(tmp_path, monkeypatch
     assert run.code == 0, run.err
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
         "faces.jsonl", "p_jpg.png", "p_png.png"]
-    records = [json.loads(line) for line in (tmp_path / "o" / "faces.jsonl").read_text().splitlines()]
+    records = read_jsonl(tmp_path / "o" / "faces.jsonl")
     assert [r["path"] for r in records] == ["p.jpg", "p.png"]
     named = []
     for record, tag in zip(records, ("p_jpg", "p_png")):
@@ -265,7 +269,7 @@ def test_1_two_videos_of_one_stem_keep_their_own_json(tmp_path, monkeypatch):
     run.one("error:", "--json clip.avi", "input")
 
 
-# ============================================================================ 2. a stopped re-run
+# ------------------------------------------------------------ 2. a stopped re-run
 def test_2_a_stopped_rerun_leaves_the_complete_earlier_result(tmp_path, monkeypatch):
     """(The video's stopped re-run belongs to the PyAV rewrite, issue 22.)"""
     monkeypatch.chdir(tmp_path)
@@ -288,7 +292,7 @@ def test_2_a_stopped_rerun_leaves_the_complete_earlier_result(tmp_path, monkeypa
     assert digests(tmp_path) == before and leftovers(tmp_path / "o") == []
 
 
-# ============================================================================ 3. no wait without end
+# ------------------------------------------------------------ 3. no wait without end
 def test_3_ray_at_an_address_where_nothing_listens_fails_within_seconds(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     photo(tmp_path / "p.jpg")
@@ -342,7 +346,7 @@ def test_3_a_trickling_mirror_hits_the_total_download_time_limit(tmp_path, monke
     assert "--download-timeout" in help_text("export_modified_onnx.py")
 
 
-# ============================================================================ 4. special files and names
+# ------------------------------------------------------------ 4. special files and names
 @pytest.mark.parametrize("kind", ["character device", "FIFO", "symbolic link", "pipe (>(...))"])
 def test_4_json_on_a_special_file_is_refused_before_any_work(tmp_path, monkeypatch, kind):
     monkeypatch.chdir(tmp_path)
@@ -447,7 +451,7 @@ def test_4_broken_links_and_loops_in_a_folder_are_warned_about_and_counted(tmp_p
     assert len((tmp_path / "o" / "faces.jsonl").read_text().splitlines()) == 3
 
 
-# ============================================================================ 5. no unexpected exception
+# ------------------------------------------------------------ 5. no unexpected exception
 def _seed_with_sidecar(tmp_path: Path, edit) -> Path:
     """A real .tflite (a peer's conversion of det_500m) with a sidecar written for it, then
     edited by `edit`: the sidecar stays the same file, the model's sha256 still matches."""
@@ -547,7 +551,7 @@ def test_5_a_model_giving_nan_is_reported_as_such(tmp_path, monkeypatch):
     assert run_main("scrfd.py", "--model", fine, "--image", "p.jpg", "--out", "o").code == 0
 
 
-# ============================================================================ 6. messages and limits
+# ------------------------------------------------------------ 6. messages and limits
 def test_6_size_suggestions_stay_within_the_limit():
     run = run_main("speed_test.py", "--hw", "5000,5000")
     assert run.code == 2
@@ -591,7 +595,7 @@ def test_6_first_frame_of_animated_and_multi_page_images_is_said_once(tmp_path, 
     warnings = run.lines("warning:")
     assert sorted(w.split()[1] for w in warnings) == ["in/a.webp", "in/b.png", "in/c.tiff"]
     assert all("holds 3 frames" in w and "only the first" in w for w in warnings)
-    records = [json.loads(line) for line in (tmp_path / "o" / "faces.jsonl").read_text().splitlines()]
+    records = read_jsonl(tmp_path / "o" / "faces.jsonl")
     assert all(r["faces"] for r in records)  # the first frame (the faces) is the one used
 
 
@@ -616,7 +620,7 @@ def test_6_folder_scans_find_every_format_opencv_reads(tmp_path, monkeypatch):
         path.write_bytes(data.tobytes())
     run = scrfd("--image", "in", "--out", "o")
     assert run.code == 0, run.err
-    records = [json.loads(line) for line in (tmp_path / "o" / "faces.jsonl").read_text().splitlines()]
+    records = read_jsonl(tmp_path / "o" / "faces.jsonl")
     assert sorted(Path(r["path"]).name for r in records) == ["a.jfif", "b.jpe", "c.jp2"]
     assert all(r["faces"] for r in records)
 

@@ -445,7 +445,8 @@ def check_writable_folder(folder: Path, what: str) -> None:
     if not existing.is_dir():
         raise UserError(f"{what}: {existing} is a file, not a folder")
     if str(existing).startswith(("/proc", "/sys")):
-        raise UserError(f"{what}: {existing} is not writable")
+        raise UserError(f"{what}: cannot write in {existing}: it is not writable (a kernel "
+                        "filesystem)")
     try:
         tempfile.TemporaryFile(dir=existing).close()
     except OSError as err:

@@ -21,12 +21,13 @@ from scrfdkit.cli import (DEFAULT_IMAGE, MODELS_DIR, ArgumentParser, cli, displa
                           positive_int)
 from scrfdkit.errors import UserError
 from scrfdkit.export.model_files import check_output_path
-from scrfdkit.export.onnx_edit import (DEFAULT_OPSET, MODEL_URL_ENV, RELEASES, canonical_outputs,
+from scrfdkit.export.onnx_edit import (DEFAULT_OPSET, DOWNLOAD_TIME_LIMIT, MODEL_URL_ENV,
+                                       READ_TIMEOUT, RELEASES, canonical_outputs,
                                        check_download_url, check_image, download, fix_input,
                                        highest_opset, input_hw, load_onnx, opset_of,
                                        parity_with_source, release_url, resize_sizes_to_scales,
                                        run_onnx, simplify, upgrade_opset)
-from scrfdkit.files import atomic_path, check_writable_folder, sha256_of
+from scrfdkit.files import atomic_path, check_outputs, check_writable_folder, sha256_of
 
 DEFAULT_MODEL = MODELS_DIR / "det_500m.onnx"
 DEFAULT_HW = "480,640"
@@ -92,6 +93,11 @@ def parse_args() -> argparse.Namespace:
                         help="fetch the detector of an InsightFace model pack into --models-dir "
                              "(buffalo_sc: det_500m, buffalo_m: det_2.5g, buffalo_l: det_10g), "
                              "checking its sha256")
+    parser.add_argument("--download-timeout", type=positive_int, default=int(DOWNLOAD_TIME_LIMIT),
+                        metavar="SECONDS",
+                        help="give a --download up when it takes longer than this in all "
+                             f"(default {DOWNLOAD_TIME_LIMIT:g} s), or when no data comes for "
+                             f"{READ_TIMEOUT:g} s")
     parser.add_argument("--models-dir", type=Path, default=MODELS_DIR,
                         help=f"where --download puts models (default {display(MODELS_DIR)})")
     parser.add_argument("--mirror", default=release_url(),
@@ -106,7 +112,7 @@ def main() -> None:
     if args.download:
         check_download_url(args.mirror)
         check_writable_folder(args.models_dir, f"--models-dir {args.models_dir}")
-        download(args.download, args.models_dir, args.mirror)
+        download(args.download, args.models_dir, args.mirror, args.download_timeout)
         return
     height, width = parse_hw(args.hw)
     if args.opset > highest_opset():
@@ -114,6 +120,7 @@ def main() -> None:
                         f"and check; choose at most {highest_opset()} (default {DEFAULT_OPSET})")
     out = args.out or MODELS_DIR / f"{args.model.stem}_{height}x{width}.onnx"
     check_output_path(out, ".onnx", inputs=[args.model])
+    check_outputs({"--out": out}, [args.model, args.check_image])
     export(args.model, out, height, width, args.opset, args.check_image)
 
 

@@ -37,7 +37,7 @@ from scrfdkit.export.model_files import (check_output_path, embed_metadata, repl
                                          write_metadata)
 from scrfdkit.export.onnx_edit import onnx2tf_test_data, onnx_metadata, run_onnx2tf, static_input
 from scrfdkit.export.parity import FLOAT32_TOLERANCE, parity, parity_table, worst_error
-from scrfdkit.files import find_images, sha256_of
+from scrfdkit.files import Output, check_outputs, find_images, sha256_of
 from scrfdkit.metadata import TFLITE_SHA256, export_family, export_name, metadata_path
 from scrfdkit.runners import OnnxRunner, tflite_interpreter
 
@@ -118,7 +118,12 @@ def build_metadata(tflite_path: Path, onnx_path: Path, family: str, precision: s
 
 
 def parity_photos(check_images: list[Path], calib_paths: list[Path]) -> list[Path]:
-    """The --check-images that exist, plus a few calibration photos when calibrating."""
+    """The --check-images (every one given must exist; the default may be missing), plus a
+    few calibration photos when calibrating."""
+    if check_images != DEFAULT_CHECK_IMAGES:
+        missing = [p for p in check_images if not p.exists()]
+        if missing:
+            raise UserError(f"--check-images {missing[0]}: no such file or folder")
     existing = [p for p in check_images if p.exists()]
     photos = find_images(existing) if existing else []
     photos += calib_paths[:: max(1, len(calib_paths) // CALIB_CHECK_PHOTOS)][:CALIB_CHECK_PHOTOS]
@@ -129,13 +134,17 @@ def parity_photos(check_images: list[Path], calib_paths: list[Path]) -> list[Pat
 
 def convert(args: argparse.Namespace, precision: str, calib: np.ndarray | None,
             test_data: np.ndarray, workdir: Path) -> tuple[Path, dict | None]:
-    """onnx2tf (and for int8 the recipe before it and our quantizer after it): the .tflite."""
+    """onnx2tf (and for int8 the recipe before it and our quantizer after it): the .tflite.
+    The converter gets a copy of --onnx: onnx2tf saves over the model it is given."""
+    source = workdir / "source" / args.onnx.name
+    source.parent.mkdir()
+    shutil.copyfile(args.onnx, source)
     if precision != "int8":
-        return run_onnx2tf(args.onnx, precision, workdir, test_data), None
+        return run_onnx2tf(source, precision, workdir, test_data), None
     started = time.perf_counter()
     per_channel = args.quant_type == "per-channel"
     prepared = workdir / args.onnx.name
-    recipe = prepare_int8_onnx(args.onnx, calib, per_channel, prepared)
+    recipe = prepare_int8_onnx(source, calib, per_channel, prepared)
     print(f"int8: equalized {recipe['equalized_pairs']} conv pairs, rounded "
           f"{recipe['rounded_convs']} convs' weights on {recipe['stats_images']} images "
           f"({time.perf_counter() - started:.0f} s)")
@@ -161,6 +170,9 @@ def main() -> int:
                            source.has_landmarks)
     out = args.out or MODELS_DIR / export_name(family, (height, width), precision)
     check_output_path(out, ".tflite", inputs=[args.onnx])
+    check_outputs([Output("--out", out), Output("--out", metadata_path(out),
+                                                f"the sidecar {metadata_path(out)} of --out")],
+                  [args.onnx, *args.check_images])
 
     calib_paths: list[Path] = []
     calib = None

@@ -1,123 +1,221 @@
-"""Exact greedy non-maximum suppression that stays fast on thousands of crowded candidates,
-and beside it the plain greedy loop it must equal (the tests compare the two)."""
+"""Exact greedy non-maximum suppression compiled by numba, about ten times faster than the
+numpy version it replaced on thousands of crowded candidates (a crowd photo at score 0.02,
+tiles), and beside it the plain greedy loop it must equal (the tests compare the two).
+
+Greedy NMS visits boxes best first and keeps one unless an already kept box overlaps it with
+IoU > t. The compiled NMS of ONNX Runtime, LiteRT and OpenCV compare each candidate with every
+kept box (torchvision's CPU kernel each kept box with every later one); on crowd_selfie.jpg at
+score 0.02, 3,010 of 5,241 candidates are kept, and those loops cost more than the numpy
+version did (tests/bench_nms.py times them). Here each kept box looks only at the few boxes
+that could overlap it, found through grids, and computes the IoU exactly as the reference
+does, so the kept indices are identical. numba compiles the kernel once and caches it
+(scrfdkit/__pycache__); later processes load it in a fraction of a second.
+"""
 from __future__ import annotations
 
+import math
+
+import numba
 import numpy as np
-
-_ALL_NEIGHBOURS = np.array([(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
-_FORWARD_NEIGHBOURS = np.array([(0, 0), (0, 1), (1, -1), (1, 0), (1, 1)])  # each pair once
-_ALL_PAIRS_UP_TO = 16384  # band pairs with fewer candidate pairs are compared all against all
-
-
-def _grid_pairs(cx: np.ndarray, cy: np.ndarray, cell_w: float, cell_h: float,
-                anchors: np.ndarray, partners: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (anchor, partner) whose centres fall in the same or adjacent grid cells.
-
-    With partners=None the anchors are paired among themselves, each pair once.
-    """
-    same = partners is None
-    partners = anchors if same else partners
-    both = anchors if same else np.concatenate([anchors, partners])
-    gx = (cx[both] / cell_w).astype(np.int64)
-    gy = (cy[both] / cell_h).astype(np.int64)
-    gx -= gx.min() - 1
-    gy -= gy.min() - 1
-    row = int(gx.max()) + 2
-    keys = gy * row + gx
-    anchor_keys, partner_keys = keys[: len(anchors)], keys[len(anchors):] if not same else keys
-    neighbours = _FORWARD_NEIGHBOURS if same else _ALL_NEIGHBOURS
-    wanted = (anchor_keys[:, None] + (neighbours[:, 0] * row + neighbours[:, 1])).ravel()
-    order = np.argsort(partner_keys, kind="stable")
-    cells = (int(gy.max()) + 2) * row
-    if cells <= 64 * len(wanted) + 4096:  # dense table: O(1) lookups
-        per_cell = np.bincount(partner_keys, minlength=cells)
-        left, counts = (np.cumsum(per_cell) - per_cell)[wanted], per_cell[wanted]
-    else:  # a sparse grid (tiny boxes far apart): binary search
-        sorted_keys = partner_keys[order]
-        left = np.searchsorted(sorted_keys, wanted, "left")
-        counts = np.searchsorted(sorted_keys, wanted, "right") - left
-    ends = np.cumsum(counts)
-    index = np.arange(int(ends[-1]) if len(ends) else 0) + np.repeat(left - ends + counts, counts)
-    a_pos = np.repeat(np.arange(len(anchors)).repeat(len(neighbours)), counts)
-    b_pos = order[index]
-    if same:  # within one cell, keep each pair once
-        once = (b_pos > a_pos) | (partner_keys[b_pos] != anchor_keys[a_pos])
-        a_pos, b_pos = a_pos[once], b_pos[once]
-    return anchors[a_pos], partners[b_pos]
-
-
-def _overlapping_pairs(boxes: np.ndarray, iou_threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """All pairs (a, b) with IoU above t, without comparing every pair.
-
-    IoU > t implies a 1-D IoU above t along x and along y, so the narrower box is more than
-    t times as wide as the other and the centres are closer than (w_a + w_b)(1 - t)/(2 + 2t)
-    (likewise for heights). Boxes are banded by log2(width); each band meets itself and
-    the few next bands through a grid whose cells are that centre-distance bound.
-    """
-    t = max(float(iou_threshold), 0.0)
-    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
-    widths, heights = np.maximum(x2 - x1, 1e-6), np.maximum(y2 - y1, 1e-6)
-    reach = (1 - t) / (2 * (1 + t))
-    span = int(np.ceil(np.log2(1 / t))) if t > 0 else 1 << 20
-    band = np.maximum(np.floor(np.log2(widths)), 0).astype(np.int64)  # < 1 px: one band
-    cx, cy = (x1 + x2) * 0.5, (y1 + y2) * 0.5
-    by_band = np.argsort(band, kind="stable")
-    levels, starts = np.unique(band[by_band], return_index=True)
-    members = dict(zip(levels.tolist(), np.split(by_band, starts[1:])))
-    widest = {level: float(widths[m].max()) for level, m in members.items()}
-    tallest = {level: float(heights[m].max()) for level, m in members.items()}
-    firsts, seconds = [], []
-    for level in members:
-        for other in (o for o in members if level <= o <= level + span):
-            mine, theirs = members[level], members[other]
-            if len(mine) * len(theirs) <= _ALL_PAIRS_UP_TO:  # few boxes: a grid costs more
-                if other == level:
-                    i, j = np.triu_indices(len(mine), 1)
-                    a, b = mine[i], mine[j]
-                else:
-                    a, b = np.repeat(mine, len(theirs)), np.tile(theirs, len(mine))
-            else:
-                cell_w = max(reach * (widest[level] + widest[other]), 1e-6)
-                cell_h = max(reach * (tallest[level] + tallest[other]), 1e-6)
-                a, b = _grid_pairs(cx, cy, cell_w, cell_h, mine, None if other == level else theirs)
-            firsts.append(a)
-            seconds.append(b)
-    a, b = np.concatenate(firsts), np.concatenate(seconds)
-    inter = (np.clip(np.minimum(x2[a], x2[b]) - np.maximum(x1[a], x1[b]), 0, None)
-             * np.clip(np.minimum(y2[a], y2[b]) - np.maximum(y1[a], y1[b]), 0, None))
-    areas = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
-    hit = inter > t * np.maximum(areas[a] + areas[b] - inter, 1e-9)
-    return a[hit], b[hit]
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Exact greedy non-maximum suppression; indices of kept boxes, highest score first.
+    """Indices of the boxes greedy NMS keeps, highest score first; equal to `greedy_nms`.
 
     Ties are broken by position (stable sort), so equal scores never make boxes vanish,
     unlike cv2.dnn.NMSBoxes, which drops scores not strictly above its threshold.
-    Greedy NMS keeps a box unless a kept, better-ranked box overlaps it. Only overlapping
-    pairs matter, so we find them spatially and settle "kept" by fixed-point iteration
-    over those pairs: ranks settle in order, in as many rounds as the longest chain of
-    suppressions, which keeps 5,000 crowded candidates at a few milliseconds.
+    Boxes are x1 y1 x2 y2; float32 and float64 boxes are compared in their own precision
+    (as numpy does in `greedy_nms`), any other type as float64.
     """
+    boxes, scores = np.asarray(boxes), np.asarray(scores)
+    if boxes.ndim != 2 or boxes.shape[1] != 4 or scores.shape != boxes.shape[:1]:
+        raise ValueError(f"nms needs (N, 4) boxes and (N,) scores, got {boxes.shape} "
+                         f"and {scores.shape}")
+    if not 0 <= iou_threshold <= 1:
+        raise ValueError(f"iou_threshold must be between 0 and 1, got {iou_threshold}")
+    if boxes.dtype not in (np.float32, np.float64):
+        boxes = boxes.astype(np.float64)
     order = np.argsort(-scores, kind="stable")
     if len(order) <= 1:
         return order.astype(np.int64)
-    rank = np.empty_like(order)
-    rank[order] = np.arange(len(order))
-    a, b = _overlapping_pairs(boxes, iou_threshold)
-    better = np.where(rank[a] < rank[b], a, b)
-    worse = np.where(rank[a] < rank[b], b, a)
-    keep = np.ones(len(scores), bool)
-    while True:
-        suppressed = np.zeros(len(scores), bool)
-        suppressed[worse[keep[better]]] = True
-        if np.array_equal(~suppressed, keep):
-            break
-        keep = ~suppressed
-    return order[keep[order]].astype(np.int64)
+    kept = _greedy_in_rank_order(np.ascontiguousarray(boxes[order]),
+                                 boxes.dtype.type(iou_threshold))
+    return order[kept].astype(np.int64)
 
 
+# ----------------------------------------------------------------------------- compiled kernel
+# Why the grids find every pair that matters, whatever the rounding:
+# * IoU > t >= 0 needs a positive intersection, so boxes of zero or non-finite area never
+#   suppress nor get suppressed; they stay out of the grids and are simply kept.
+# * A pair with IoU > t has 1-D IoUs above t along x and y, so their centres are closer than
+#   reach * (w_a + w_b) / 2 with reach = (1 - t) / (1 + t): the boxes shrunk about their centres
+#   by `reach` overlap. The float IoU is within 1e-6 (relative) of the exact one, so reach is
+#   taken for t * (1 - 1e-4), and the shrunk boxes are widened by 1e-9 of their coordinates
+#   to cover the rounding of their own float64 arithmetic.
+# * For the same reason the areas of such a pair are within a factor t * (1 - 1e-4): boxes are
+#   grouped by area into powers of two ("levels", exact through frexp), and a kept box skips
+#   the levels too large or too small for it.
+# * Each box is listed in every cell of its level's grid that its shrunk box touches. Cell
+#   indices are a monotone function of the coordinate, so two overlapping intervals always
+#   share a cell.
+# These need normal floats; with a threshold below 1e-6 or areas near underflow, boxes are not
+# shrunk (reach 1: overlapping boxes share a cell) and every level is searched.
+_THRESHOLD_SLACK = 1 - 1e-4
+_COORD_SLACK = 1e-9
+
+
+@numba.njit(cache=True)
+def _cell(x: float, origin: float, inv_side: float, cells: int) -> int:
+    """Grid column (or row) of coordinate x: monotone in x, clamped to the grid."""
+    q = (x - origin) * inv_side
+    if not q > 0:  # also NaN (0 * inf)
+        return 0
+    if q > cells - 1:
+        return cells - 1
+    return int(q)
+
+
+@numba.njit(cache=True)
+def _span(low: float, high: float, origin: float, inv_side: float, cells: int) -> tuple[int, int]:
+    """First and last grid column (or row) that the interval [low, high] touches."""
+    return _cell(low, origin, inv_side, cells), _cell(high, origin, inv_side, cells)
+
+
+@numba.njit(cache=True, nogil=True)
+def _greedy_in_rank_order(boxes: np.ndarray, threshold: float) -> np.ndarray:
+    """Greedy NMS on boxes already sorted best first; returns the kept positions."""
+    n = boxes.shape[0]
+    zero = threshold - threshold  # 0 in the boxes' own float type
+    x1, y1 = boxes[:, 0].copy(), boxes[:, 1].copy()
+    x2, y2 = boxes[:, 2].copy(), boxes[:, 3].copy()
+    area = np.empty(n, boxes.dtype)
+    live = np.zeros(n, np.bool_)  # positive, finite area: the only boxes that can overlap
+    level = np.zeros(n, np.int64)
+    n_live, lowest, highest, smallest = 0, 1 << 30, -(1 << 30), math.inf
+    for i in range(n):
+        area[i] = max(x2[i] - x1[i], zero) * max(y2[i] - y1[i], zero)  # as greedy_nms
+        if (zero < area[i] < math.inf and np.isfinite(x1[i]) and np.isfinite(y1[i])
+                and np.isfinite(x2[i]) and np.isfinite(y2[i])):
+            live[i] = True
+            n_live += 1
+            level[i] = math.frexp(np.float64(area[i]))[1] - 1  # area in [2^level, 2^(level+1))
+            lowest, highest = min(lowest, level[i]), max(highest, level[i])
+            smallest = min(smallest, np.float64(area[i]))
+    kept = np.empty(n, np.int64)
+    if n_live == 0:
+        kept[:] = np.arange(n)
+        return kept
+
+    info = np.finfo(boxes.dtype)
+    normal = smallest >= np.float64(info.tiny) / np.float64(info.eps)  # no area near underflow
+    prune = np.float64(threshold) >= 1e-6 and normal
+    t_low = np.float64(threshold) * _THRESHOLD_SLACK
+    reach = (1 - t_low) / (1 + t_low) if prune else 1.0
+    sx1, sy1, sx2, sy2 = np.empty(n), np.empty(n), np.empty(n), np.empty(n)  # shrunk boxes
+    left, top, right, bottom = math.inf, math.inf, -math.inf, -math.inf
+    for i in range(n):
+        if live[i]:
+            sx1[i], sx2[i] = _shrink(np.float64(x1[i]), np.float64(x2[i]), reach)
+            sy1[i], sy2[i] = _shrink(np.float64(y1[i]), np.float64(y2[i]), reach)
+            left, top = min(left, sx1[i]), min(top, sy1[i])
+            right, bottom = max(right, sx2[i]), max(bottom, sy2[i])
+
+    # One grid per level, cells about the size of its shrunk boxes, and no level with more
+    # cells than boxes (the finer levels merge into one).
+    span_x, span_y = right - left, bottom - top
+    min_side = max(math.sqrt(span_x * span_y / n_live), max(span_x, span_y) / n_live)
+    first_level = lowest
+    if min_side >= math.inf:
+        first_level = highest
+    elif min_side > 0:
+        first_level = max(lowest, math.ceil(math.log2((min_side / reach) ** 2)) - 1)
+    first_level = min(first_level, highest)
+    n_levels = highest - first_level + 1
+    inv_side = np.empty(n_levels)
+    cols, rows = np.empty(n_levels, np.int64), np.empty(n_levels, np.int64)
+    area_below, area_from = np.empty(n_levels), np.empty(n_levels)  # each level's area range
+    first_cell = np.zeros(n_levels + 1, np.int64)
+    for lv in range(n_levels):
+        area_below[lv] = 2.0 ** (first_level + lv + 1)
+        area_from[lv] = 2.0 ** (first_level + lv) if lv > 0 else 0.0
+        side = max(math.sqrt(area_below[lv]) * reach, min_side)
+        inv_side[lv] = 1 / side
+        cols[lv] = _cell(span_x, 0.0, 1 / side, 4 * n_live) + 1  # at most 4n columns
+        rows[lv] = _cell(span_y, 0.0, 1 / side, 4 * n_live) + 1
+        first_cell[lv + 1] = first_cell[lv] + cols[lv] * rows[lv]
+    for i in range(n):
+        if live[i]:
+            level[i] = max(level[i], first_level) - first_level
+
+    # Cell lists in rank order (a counting sort).
+    start = np.zeros(first_cell[n_levels] + 1, np.int64)
+    for i in range(n):
+        if live[i]:
+            lv = level[i]
+            c0, c1 = _span(sx1[i], sx2[i], left, inv_side[lv], cols[lv])
+            r0, r1 = _span(sy1[i], sy2[i], top, inv_side[lv], rows[lv])
+            for row in range(first_cell[lv] + r0 * cols[lv], first_cell[lv] + (r1 + 1) * cols[lv],
+                             cols[lv]):
+                for cell in range(row + c0, row + c1 + 1):  # a loop: slices cost 5x here
+                    start[cell + 1] += 1
+    start = np.cumsum(start)
+    size = start[-1]
+    entry = np.empty(size, np.int32)
+    cursor = start[:-1].copy()
+    for i in range(n):
+        if live[i]:
+            lv = level[i]
+            c0, c1 = _span(sx1[i], sx2[i], left, inv_side[lv], cols[lv])
+            r0, r1 = _span(sy1[i], sy2[i], top, inv_side[lv], rows[lv])
+            for row in range(first_cell[lv] + r0 * cols[lv], first_cell[lv] + (r1 + 1) * cols[lv],
+                             cols[lv]):
+                for cell in range(row + c0, row + c1 + 1):
+                    entry[cursor[cell]] = i
+                    cursor[cell] += 1
+
+    # Greedy: each kept box suppresses the later boxes it overlaps with IoU > t.
+    cursor[:] = start[:-1]  # per cell: the first entry ranked after the current box
+    suppressed = np.zeros(n, np.bool_)
+    n_kept = 0
+    for k in range(n):
+        if suppressed[k]:
+            continue
+        kept[n_kept] = k
+        n_kept += 1
+        if not live[k]:
+            continue
+        kx1, ky1, kx2, ky2, k_area = x1[k], y1[k], x2[k], y2[k], area[k]
+        for lv in range(n_levels):
+            if prune and (area_below[lv] <= t_low * k_area or area_from[lv] * t_low >= k_area):
+                continue
+            c0, c1 = _span(sx1[k], sx2[k], left, inv_side[lv], cols[lv])
+            r0, r1 = _span(sy1[k], sy2[k], top, inv_side[lv], rows[lv])
+            for row in range(first_cell[lv] + r0 * cols[lv], first_cell[lv] + (r1 + 1) * cols[lv],
+                             cols[lv]):
+                for cell in range(row + c0, row + c1 + 1):
+                    later, end = cursor[cell], start[cell + 1]
+                    while later < end and entry[later] <= k:
+                        later += 1
+                    cursor[cell] = later
+                    for e in range(later, end):  # branch-free: mispredictions cost more than IoUs
+                        j = entry[e]
+                        w = max(min(x2[j], kx2) - max(x1[j], kx1), zero)
+                        h = max(min(y2[j], ky2) - max(y1[j], ky1), zero)
+                        inter = w * h
+                        union = area[j] + k_area - inter  # greedy_nms's order of operations
+                        suppressed[j] |= (union > zero) & (inter / union > threshold)
+    return kept[:n_kept]
+
+
+@numba.njit(cache=True)
+def _shrink(low: float, high: float, reach: float) -> tuple[float, float]:
+    """Interval [low, high] shrunk about its centre by `reach`, widened for rounding."""
+    centre, half = (low + high) * 0.5, (high - low) * 0.5 * reach
+    margin = _COORD_SLACK * (abs(low) + abs(high))
+    return centre - half - margin, centre + half + margin
+
+
+# ----------------------------------------------------------------------------- reference
 def box_iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
     """IoU of one x1 y1 x2 y2 box with each of `others` (0 where the union is empty)."""
     x1 = np.maximum(box[0], others[:, 0])

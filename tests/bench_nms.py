@@ -248,14 +248,21 @@ def main() -> None:
     print(f"IoU threshold {EVAL_NMS}; det_500m (640x640, ONNX Runtime) candidates at score "
           f"{EVAL_SCORE}; median ms over up to {args.repeats} interleaved rounds (fewer in "
           "brackets)\n")
-    print("| implementation | " + " | ".join(sets) + " | identical |")
-    print("| --- | " + " | ".join("---:" for _ in sets) + " | --- |")
+    baseline = next((medians[name] for name in runners if REPLACED_COMMIT in name), None)
+    print("| implementation | " + " | ".join(sets) + " | identical | vs replaced numpy |")
+    print("| --- | " + " | ".join("---:" for _ in sets) + " | --- | ---: |")
     for name in runners:
         cells = [f"{ms:.2f}" + (f" ({n})" if n < args.repeats else "")
                  for ms, n in medians[name].values()]
-        print(f"| {name} | " + " | ".join(cells) + f" | {'yes' if identical[name] else 'no'} |")
+        ratios = [baseline[s][0] / medians[name][s][0] for s in sets] if baseline else []
+        speedup = f"{np.exp(np.mean(np.log(ratios))):.2f}x faster" if ratios else "-"
+        print(f"| {name} | " + " | ".join(cells)
+              + f" | {'yes' if identical[name] else 'no'} | {speedup} |")
     for name, why in skipped.items():
-        print(f"| {name} | " + " | ".join("-" for _ in sets) + f" | not run: {why} |")
+        print(f"| {name} | " + " | ".join("-" for _ in sets) + f" | not run: {why} | - |")
+    if baseline:
+        print("\nvs replaced numpy: geometric mean over the sets of (replaced numpy's median / this "
+              "one's), both from this run.")
 
 
 if __name__ == "__main__":

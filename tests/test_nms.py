@@ -195,6 +195,26 @@ def test_same_as_reference_for_boxes_a_few_float_steps_wide(dtype, base):
             assert_same_as_reference(boxes.astype(dtype), scores, threshold)
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # greedy_nms: inf - inf areas
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_same_as_reference_at_the_ends_of_the_float_range(dtype):
+    """Areas that overflow, areas near underflow, and sizes from 1e-20 to 1e20 together."""
+    big = np.finfo(dtype).max / 4
+    rng = np.random.default_rng(5)
+    centre = rng.uniform(-1e3, 1e3, (300, 2))
+    half = 10.0 ** rng.uniform(-20, 20, (300, 1)) if dtype == np.float64 else \
+        10.0 ** rng.uniform(-6, 6, (300, 1))
+    sets = [np.array([[-big, -big, big, big], [0, 0, big / 2, big / 2], [-big, -big, big / 2, big],
+                      [1, 1, 2, 2]], dtype),
+            np.array([[0, 0, 1e-30, 1e-30], [0, 0, 1e-30, 1.1e-30], [5e-31, 0, 1.5e-30, 1e-30],
+                      [0, 0, 1, 1]], dtype),
+            np.hstack([centre - half, centre + half]).astype(dtype)]
+    for boxes in sets:
+        scores = rng.random(len(boxes)).astype(np.float32)
+        for threshold in (0.0, 1e-7, 0.45, 1.0):
+            assert_same_as_reference(boxes, scores, threshold)
+
+
 def test_equal_scores_keep_every_non_overlapping_box():
     xs, ys = np.meshgrid(np.arange(10) * 30.0, np.arange(10) * 30.0)
     xs, ys = xs.ravel(), ys.ravel()

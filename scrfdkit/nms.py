@@ -35,12 +35,9 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
         raise ValueError(f"iou_threshold must be between 0 and 1, got {iou_threshold}")
     if boxes.dtype not in (np.float32, np.float64):
         boxes = boxes.astype(np.float64)
-    order = np.argsort(-scores, kind="stable")
-    if len(order) <= 1:
-        return order.astype(np.int64)
-    kept = _greedy_in_rank_order(np.ascontiguousarray(boxes[order]),
-                                 boxes.dtype.type(iou_threshold))
-    return order[kept].astype(np.int64)
+    boxes = np.ascontiguousarray(boxes)  # one compiled version per float type
+    order = np.argsort(-scores, kind="stable").astype(np.int64, copy=False)
+    return _greedy(boxes, order, boxes.dtype.type(iou_threshold))
 
 
 # ----------------------------------------------------------------------------- compiled kernel
@@ -82,12 +79,15 @@ def _span(low: float, high: float, origin: float, inv_side: float, cells: int) -
 
 
 @numba.njit(cache=True, nogil=True)
-def _greedy_in_rank_order(boxes: np.ndarray, threshold: float) -> np.ndarray:
-    """Greedy NMS on boxes already sorted best first; returns the kept positions."""
-    n = boxes.shape[0]
+def _greedy(boxes: np.ndarray, order: np.ndarray, threshold: float) -> np.ndarray:
+    """Greedy NMS visiting boxes in `order` (best first); returns the kept indices."""
+    n = len(order)
     zero = threshold - threshold  # 0 in the boxes' own float type
-    x1, y1 = boxes[:, 0].copy(), boxes[:, 1].copy()
-    x2, y2 = boxes[:, 2].copy(), boxes[:, 3].copy()
+    x1, y1 = np.empty(n, boxes.dtype), np.empty(n, boxes.dtype)  # from here on, by rank
+    x2, y2 = np.empty(n, boxes.dtype), np.empty(n, boxes.dtype)
+    for k in range(n):
+        i = order[k]
+        x1[k], y1[k], x2[k], y2[k] = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
     area = np.empty(n, boxes.dtype)
     live = np.zeros(n, np.bool_)  # positive, finite area: the only boxes that can overlap
     level = np.zeros(n, np.int64)
@@ -101,10 +101,8 @@ def _greedy_in_rank_order(boxes: np.ndarray, threshold: float) -> np.ndarray:
             level[i] = math.frexp(np.float64(area[i]))[1] - 1  # area in [2^level, 2^(level+1))
             lowest, highest = min(lowest, level[i]), max(highest, level[i])
             smallest = min(smallest, np.float64(area[i]))
-    kept = np.empty(n, np.int64)
     if n_live == 0:
-        kept[:] = np.arange(n)
-        return kept
+        return order.copy()
 
     info = np.finfo(boxes.dtype)
     normal = smallest >= np.float64(info.tiny) / np.float64(info.eps)  # no area near underflow
@@ -176,11 +174,11 @@ def _greedy_in_rank_order(boxes: np.ndarray, threshold: float) -> np.ndarray:
     # Greedy: each kept box suppresses the later boxes it overlaps with IoU > t.
     cursor[:] = start[:-1]  # per cell: the first entry ranked after the current box
     suppressed = np.zeros(n, np.bool_)
-    n_kept = 0
+    kept, n_kept = np.empty(n, np.int64), 0
     for k in range(n):
         if suppressed[k]:
             continue
-        kept[n_kept] = k
+        kept[n_kept] = order[k]
         n_kept += 1
         if not live[k]:
             continue

@@ -1,6 +1,6 @@
 """Times greedy NMS implementations on real detector candidates and prints a markdown table.
 
-    python tests/bench_nms.py [--repeats 101] [--shared ../shared]
+    python tests/bench_nms.py [--repeats 101] [--shared ../shared] [--only WORD ...]
 
 Sets: det_500m's candidates at score 0.02 (the WIDER evaluation's threshold) on crowd photos,
 the whole-photo pass plus overlapping 640x640 tiles at scale 1 of the 5334x2767 crowd (what
@@ -216,11 +216,15 @@ def main() -> None:
     parser.add_argument("--shared", type=Path,
                         default=Path(os.environ.get("SCRFD_SHARED", REPO.parent / "shared")),
                         help="folder with models/det_500m.onnx and samples/ (default ../shared)")
+    parser.add_argument("--only", nargs="+", metavar="WORD", help="run only the "
+                        "implementations whose name contains one of these words, e.g. numba numpy")
     args = parser.parse_args()
 
     sets = candidate_sets(args.shared)
     runners, skipped = {}, {}
     for name, make in CONTENDERS.items():
+        if args.only and not any(word.lower() in name.lower() for word in args.only):
+            continue
         try:
             runners[name] = make()
         except Exception as error:  # noqa: BLE001  # e.g. no TensorFlow here: a row says so
@@ -255,14 +259,14 @@ def main() -> None:
         cells = [f"{ms:.2f}" + (f" ({n})" if n < args.repeats else "")
                  for ms, n in medians[name].values()]
         ratios = [baseline[s][0] / medians[name][s][0] for s in sets] if baseline else []
-        speedup = f"{np.exp(np.mean(np.log(ratios))):.2f}x faster" if ratios else "-"
+        speedup = f"{np.exp(np.mean(np.log(ratios))):.2f}x" if ratios else "-"
         print(f"| {name} | " + " | ".join(cells)
               + f" | {'yes' if identical[name] else 'no'} | {speedup} |")
     for name, why in skipped.items():
         print(f"| {name} | " + " | ".join("-" for _ in sets) + f" | not run: {why} | - |")
     if baseline:
-        print("\nvs replaced numpy: geometric mean over the sets of (replaced numpy's median / this "
-              "one's), both from this run.")
+        print("\nvs replaced numpy: how many times faster than the replaced numpy version "
+              "(geometric mean over the sets of the ratio of medians, both from this run).")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Unit tests of scrfdkit's model-free parts: preprocessing, output naming, decode, NMS, I/O.
+"""Unit tests of scrfdkit's model-free parts: preprocessing, output naming, decode, I/O.
 
 No model is needed here: every case is built from synthetic arrays, so these run in seconds.
 """
@@ -10,73 +10,11 @@ import cv2
 import numpy as np
 import pytest
 
-from scrfdkit import decode, files, nms
+from scrfdkit import decode, files
 from scrfdkit.cli import parse_hw
 from scrfdkit.errors import UserError
-from scrfdkit.nms import greedy_nms
 
 pytestmark = pytest.mark.inference  # runs without TensorFlow (CI: make test-inference)
-
-
-# ----------------------------------------------------------------------------- NMS
-def random_boxes(rng: np.random.Generator, n: int, clusters: int = 8, extent: float = 1000.0
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Boxes crowded around a few centres (like detector candidates), sizes over 2..400 px,
-    scores rounded to two decimals so that many of them tie."""
-    centres = rng.uniform(0, extent, (clusters, 2))
-    centre = centres[rng.integers(0, clusters, n)] + rng.normal(0, 15, (n, 2))
-    size = np.exp(rng.uniform(np.log(2), np.log(400), (n, 1))) * rng.uniform(0.7, 1.3, (n, 2))
-    boxes = np.hstack([centre - size / 2, centre + size / 2]).astype(np.float32)
-    scores = np.round(rng.uniform(0.3, 1.0, n), 2).astype(np.float32)
-    return boxes, scores
-
-
-@pytest.mark.parametrize("seed", range(40))
-def test_nms_matches_reference_on_random_cases(seed):
-    rng = np.random.default_rng(seed)
-    n = int(rng.integers(0, 400))
-    threshold = float(rng.choice([0.0, 0.1, 0.3, 0.4, 0.45, 0.5, 0.7, 0.9, 1.0]))
-    boxes, scores = random_boxes(rng, n, clusters=int(rng.integers(1, 12)))
-    np.testing.assert_array_equal(nms.nms(boxes, scores, threshold),
-                                  greedy_nms(boxes, scores, threshold))
-
-
-def test_nms_matches_reference_on_a_crowded_case():
-    """Thousands of candidates, as at a low score threshold on a crowd photo."""
-    boxes, scores = random_boxes(np.random.default_rng(1234), 3000, clusters=40, extent=3000)
-    np.testing.assert_array_equal(nms.nms(boxes, scores, 0.4),
-                                  greedy_nms(boxes, scores, 0.4))
-
-
-def test_nms_equal_scores_keep_every_non_overlapping_box():
-    xs, ys = np.meshgrid(np.arange(10) * 30.0, np.arange(10) * 30.0)
-    xs, ys = xs.ravel(), ys.ravel()
-    boxes = np.stack([xs, ys, xs + 20, ys + 20], 1).astype(np.float32)
-    scores = np.full(len(boxes), 0.5, np.float32)
-    np.testing.assert_array_equal(nms.nms(boxes, scores, 0.4), np.arange(100))
-
-
-def test_nms_equal_scores_touching_boxes_all_kept():
-    """Boxes that share an edge have zero intersection: none may suppress another."""
-    boxes = np.array([[0, 0, 10, 10], [10, 0, 20, 10], [0, 10, 10, 20], [10, 10, 20, 20]],
-                     np.float32)
-    np.testing.assert_array_equal(nms.nms(boxes, np.ones(4, np.float32), 0.0), [0, 1, 2, 3])
-
-
-def test_nms_equal_scores_duplicates_keep_the_first():
-    boxes = np.array([[0, 0, 10, 10], [50, 50, 60, 60], [0, 0, 10, 10], [50, 50, 60, 60]],
-                     np.float32)
-    keep = nms.nms(boxes, np.full(4, 0.8, np.float32), 0.4)
-    np.testing.assert_array_equal(keep, [0, 1])
-
-
-def test_nms_orders_by_score_and_handles_tiny_inputs():
-    assert nms.nms(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), 0.4).tolist() == []
-    assert nms.nms(np.array([[0, 0, 1, 1]], np.float32), np.array([0.3], np.float32),
-                        0.4).tolist() == [0]
-    boxes = np.array([[0, 0, 10, 10], [100, 0, 110, 10], [1, 1, 11, 11]], np.float32)
-    scores = np.array([0.6, 0.9, 0.7], np.float32)
-    assert nms.nms(boxes, scores, 0.4).tolist() == [1, 2]
 
 
 # ----------------------------------------------------------------------------- preprocessing

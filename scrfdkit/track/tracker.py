@@ -21,7 +21,7 @@ from .kalman import BoxKalman
 DETECTED, LOW_SCORE, PREDICTED, PREDICTED_BACK = "detected", "low-score", "predicted", \
     "predicted-backward"
 DEFAULT_TRACK_SCORE = 0.15  # low-score detections from here may continue a face (README)
-DEFAULT_HOLD = 8  # frames a missed face stays blurred at its predicted place (README)
+DEFAULT_HOLD = 4  # frames a missed face stays blurred at its predicted place (README)
 MATCH_IOU = 0.2  # a confident detection continues a track whose predicted box it overlaps this much
 LOW_MATCH_IOU = 0.4  # a low-score one must overlap more: it has less to vouch for it
 
@@ -92,6 +92,10 @@ class FaceTracker:
         self.tracks: list[Track] = []
         self._ids = itertools.count(1)
 
+    def reset(self) -> None:
+        """Forget every face (a cut to another shot); ids keep counting up."""
+        self.tracks = []
+
     def update(self, boxes: np.ndarray, scores: np.ndarray) -> list[Region]:
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         scores = np.asarray(scores, np.float64).reshape(-1)
@@ -138,16 +142,22 @@ class FaceTracker:
 
 def track_video(detections: list[tuple[np.ndarray, np.ndarray]], score: float,
                 track_score: float = DEFAULT_TRACK_SCORE, hold: int = DEFAULT_HOLD,
-                two_pass: bool = False) -> list[list[Region]]:
-    """Regions for every frame of a whole video, given each frame's (boxes, scores).
+                two_pass: bool = False, cuts: list[bool] | None = None) -> list[list[Region]]:
+    """Regions for every frame of a whole video, given each frame's (boxes, scores) and
+    whether it starts a new shot (`cuts`, see cuts.py: every face is forgotten there).
 
     two_pass: the frames are also tracked backwards, from the last to the first, so a face
     is hidden for `hold` frames BEFORE its first detection too (and low-score detections
     before it count). The backward regions are added to the forward ones, under the id the
     face has going forward; one already hidden (IoU >= 0.5) is not hidden twice.
     """
+    cuts = cuts or [False] * len(detections)
     forward = FaceTracker(score, track_score, hold)
-    regions = [forward.update(boxes, scores) for boxes, scores in detections]
+    regions = []
+    for (boxes, scores), cut in zip(detections, cuts):
+        if cut:
+            forward.reset()
+        regions.append(forward.update(boxes, scores))
     if not two_pass:
         return regions
     forward_id = {(f, r.detection): r.track for f, frame in enumerate(regions) for r in frame
@@ -165,4 +175,6 @@ def track_video(detections: list[tuple[np.ndarray, np.ndarray]], score: float,
             hidden = np.array([r.box for r in regions[f]]).reshape(-1, 4)
             if not len(hidden) or iou_matrix(region.box[None], hidden).max() < 0.5:
                 regions[f].append(region)
+        if cuts[f]:  # going backwards, the shot before this frame is another scene
+            backward.reset()
     return regions

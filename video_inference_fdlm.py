@@ -41,7 +41,8 @@ from tqdm import tqdm
 
 from scrfdkit.cli import (DEFAULT_MODEL, RESULTS_DIR, ArgumentParser, UserError,
                           add_detector_arguments, add_face_output_arguments, check_model, cli,
-                          count, display, fraction, score_threshold)
+                          VIDEO_BLUR_SCORE_THRESHOLD, count, display, fraction,
+                          score_threshold)
 from scrfdkit.detections import Detections, draw_detections
 from scrfdkit.detector import SCRFD
 from scrfdkit.faces import BLUR_SHAPES, aligned_crops, anonymize_regions, grow
@@ -49,15 +50,16 @@ from scrfdkit.files import StagedOutputs, check_output_file, check_output_folder
 from scrfdkit.photos import encode
 from scrfdkit.pipeline import WriteBehind, read_ahead
 from scrfdkit.timing import Profile
-from scrfdkit.track import DEFAULT_HOLD, DEFAULT_TRACK_SCORE, FaceTracker, Region, track_video
+from scrfdkit.track import (DEFAULT_HOLD, DEFAULT_TRACK_SCORE, CutDetector, FaceTracker, Region,
+                            track_video)
 from scrfdkit.video import (DEFAULT_CRF, DEFAULT_PRESET, PRESETS, VIDEO_SUFFIXES, Frame,
-                            VideoSink, check_encoding, open_source)
+                            VideoSink, check_encoding, open_source, patch_yuv)
 
 SUFFIX = "_fdlm"  # results/<video stem>_fdlm.mp4 and .jsonl
 WINDOW = "SCRFD faces (q or Esc to stop)"
 QUEUE_DEPTH = 8  # frames decoded ahead of, and drawn/encoded behind, the model
-BLUR_SHAPE = "ellipse"  # measured: as few leaks as the box, less background blurred (README)
-BLUR_GROW = 0.25  # each side of a face grows by this fraction: hair, ears and the jaw (README)
+BLUR_SHAPE = "ellipse"  # measured: the box's leaks, a fifth less of the picture blurred (README)
+BLUR_GROW = 0.35  # each side of a face grows by this: hair, ears, the jaw in profile (README)
 
 
 def parse_args(argv: list[str] | None = None):
@@ -88,8 +90,10 @@ def parse_args(argv: list[str] | None = None):
                              f"{DEFAULT_CRF['libx264']} for H.264, {DEFAULT_CRF['libvpx-vp9']} "
                              "for VP9)")
     parser.add_argument("--preset", default=DEFAULT_PRESET, metavar="NAME",
-                        help=f"encoder speed: {', '.join(PRESETS)} (default {DEFAULT_PRESET}; "
-                             "slower gives smaller files at the same quality)")
+                        help=f"encoder speed: {', '.join(PRESETS)}; slower gives smaller files "
+                             f"at the same quality (default {DEFAULT_PRESET}: veryfast up to "
+                             "960x540, superfast up to 1280x720, ultrafast above, so encoding "
+                             "keeps up with the model on 2 cores)")
     add_face_output_arguments(parser, crop_name="<video>_frame<N>_face<M>.png")
     blur = parser.add_argument_group("anonymising (--blur)")
     blur.add_argument("--blur-shape", choices=BLUR_SHAPES, default=BLUR_SHAPE,
@@ -108,7 +112,7 @@ def parse_args(argv: list[str] | None = None):
     blur.add_argument("--two-pass", action="store_true",
                       help="detect the whole video first, then also blur each face for "
                            "--track-hold frames before its first detection (video files only)")
-    add_detector_arguments(parser, per="frame")
+    add_detector_arguments(parser, per="frame", blur_score=VIDEO_BLUR_SCORE_THRESHOLD)
     args = parser.parse_args(argv)
     if not 0 <= args.blur_grow <= 2:
         parser.error(f"--blur-grow must be between 0 and 2, got {args.blur_grow:g}")
@@ -167,7 +171,7 @@ def main() -> int:
         check_output_folder(args.crops, "--crops")
     source = open_source(args.video, args.webcam)
     video_path, json_path = output_paths(args, source.stem)
-    threshold = score_threshold(args)
+    threshold = score_threshold(args, VIDEO_BLUR_SCORE_THRESHOLD)
     # with --blur the model reports faces down to --track-score: the tracker's second chance
     detect_from = min(threshold, args.track_score) if args.blur else threshold
     detector = SCRFD(model_path, args.size, score_threshold=detect_from, nms_threshold=args.nms,
@@ -183,26 +187,38 @@ def main() -> int:
     profile = Profile()
     lines: list[str] = []
 
-    def decoded(frames: Iterator[Frame], prepare: bool = True) -> Iterator[tuple[Frame, tuple]]:
-        """Frames with their model input (when wanted), made in the read-ahead thread."""
+    cuts = CutDetector()
+
+    def decoded(frames: Iterator[Frame], prepare: bool = True
+                ) -> Iterator[tuple[Frame, tuple | None, bool]]:
+        """Frames with their model input and whether a new shot starts there (when wanted),
+        made in the read-ahead thread."""
         while True:
             with profile("decode"):
                 frame = next(frames, None)
             if frame is None:
                 return
-            yield frame, detector.prepare(frame.image) if prepare else None
+            if not prepare:
+                yield frame, None, False
+                continue
+            with profile("cuts"):
+                cut = cuts(frame.image) if args.blur else False
+            yield frame, detector.prepare(frame.image), cut
 
     def write_frame(index: int, frame: Frame, faces: Detections, regions: list[Region] | None,
                     sink: VideoSink, staged: StagedOutputs) -> None:
         with profile("draw+write"):
             record = {"frame": index, "time": round(frame.time, 4), "faces": faces.to_list()}
+            yuv = None
             if args.blur:
                 grown = grow(np.array([r.box for r in regions]), args.blur_grow)
                 shown = anonymize_regions(frame.image, grown, args.blur, args.blur_shape)
                 record["blurred"] = region_records(regions, grown, args.blur_shape)
+                if frame.yuv is not None:  # only the blurred pixels are converted back
+                    yuv = patch_yuv(frame.yuv, shown, grown)
             else:
                 shown = draw_detections(frame.image, faces)
-            sink.write(shown, frame.pts, frame.audio)
+            sink.write(shown, frame.pts, frame.audio, yuv)
             if args.crops is not None:
                 for face, crop in enumerate(aligned_crops(frame.image, faces, args.crop_size)):
                     crop_path = args.crops / f"{source.stem}_frame{index:06d}_face{face}.png"
@@ -227,18 +243,19 @@ def main() -> int:
     first_pass, broken = 0.0, ""
     try:
         if args.two_pass:  # pass 1: detect and track the whole video, nothing written
-            found = []
+            found, cut_flags = [], []
             with tqdm(total=wanted, unit="frame", desc=f"{source.stem} 1/2", dynamic_ncols=True,
                       delay=1) as bar:
-                for frame, prepared in read_ahead(decoded(source.frames(args.max_frames)),
-                                                  QUEUE_DEPTH):
+                for frame, prepared, cut in read_ahead(decoded(source.frames(args.max_frames)),
+                                                       QUEUE_DEPTH):
                     if stop:
                         break
                     found.append(detector.detect_prepared(prepared))
+                    cut_flags.append(cut)
                     bar.update()
             with profile("track"):
                 tracked = track_video([(d.boxes, d.scores) for d in found], threshold,
-                                      args.track_score, args.track_hold, two_pass=True)
+                                      args.track_score, args.track_hold, True, cut_flags)
             if stop:
                 print(f"{stop[0]} in the first pass; nothing written", file=sys.stderr)
                 return 143 if stop[0].startswith("terminated") else 130
@@ -256,7 +273,8 @@ def main() -> int:
                          desc=source.stem + (" 2/2" if plan is not None else ""),
                          dynamic_ncols=True) as bar:
                 frames = source.frames(len(plan) if plan is not None else args.max_frames)
-                for frame, prepared in read_ahead(decoded(frames, plan is None), QUEUE_DEPTH):
+                for frame, prepared, cut in read_ahead(decoded(frames, plan is None),
+                                                       QUEUE_DEPTH):
                     if stop or (plan is not None and frame_count >= len(plan)):
                         break
                     if plan is not None:
@@ -264,6 +282,8 @@ def main() -> int:
                     else:
                         dets = detector.detect_prepared(prepared)
                         with profile("track"):
+                            if cut:
+                                tracker.reset()
                             regions = tracker.update(dets.boxes, dets.scores) if tracker else None
                     shown_faces = dets[dets.scores >= threshold]
                     writer.submit(write_frame, frame_count, frame, shown_faces, regions, sink,
@@ -329,7 +349,7 @@ def print_summary(frame_count: int, faces: int, blurred: int | None, elapsed: fl
               f"{elapsed - first_pass:.1f} s decoding again, blurring and encoding")
     for label, keys in (("decode", ("decode",)), ("preprocess", ("preprocess",)),
                         ("model", ("inference",)), ("boxes + NMS", ("postprocess",)),
-                        ("tracking", ("track",)), ("draw + encode", ("draw+write",))):
+                        ("tracking", ("track", "cuts")), ("draw + encode", ("draw+write",))):
         spent = sum(seconds.get(k, 0.0) for k in keys)
         if not spent and label == "tracking":
             continue

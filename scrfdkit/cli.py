@@ -24,6 +24,7 @@ MAX_INPUT_SIDE = 4096  # model input sides beyond this only exhaust memory
 
 SCORE_THRESHOLD = 0.5  # SCRFD's usual operating point: few false positives on photos
 BLUR_SCORE_THRESHOLD = 0.4  # anonymising: +8 points recall on 16 px faces for 0.27 false positives per image (README)
+VIDEO_BLUR_SCORE_THRESHOLD = 0.35  # video --blur, with tracking: <= 1.2% of face-frames leaked on the 3 samples, 0.4 leaks 2.9% of walking_1080p's (README)
 NMS_THRESHOLD = 0.4  # InsightFace's default IoU for merging duplicate boxes
 EVAL_SCORE_THRESHOLD = 0.02  # SCRFD paper's WIDER FACE protocol: keep nearly every candidate,
 EVAL_NMS_THRESHOLD = 0.45  # and suppress at IoU 0.45
@@ -165,11 +166,11 @@ def parse_hw(text: str) -> tuple[int, int]:
     return height, width
 
 
-def score_threshold(args: argparse.Namespace) -> float:
+def score_threshold(args: argparse.Namespace, blur_score: float = BLUR_SCORE_THRESHOLD) -> float:
     """--score when given, else the default for the job: lower when anonymising (--blur)."""
     if args.score is not None:
         return args.score
-    return BLUR_SCORE_THRESHOLD if getattr(args, "blur", None) else SCORE_THRESHOLD
+    return blur_score if getattr(args, "blur", None) else SCORE_THRESHOLD
 
 
 def add_face_output_arguments(parser: argparse.ArgumentParser, crop_name: str) -> None:
@@ -186,11 +187,12 @@ def add_face_output_arguments(parser: argparse.ArgumentParser, crop_name: str) -
                         help=f"side of the aligned crops in pixels (default {ARCFACE_SIZE})")
 
 
-def add_detector_arguments(parser: argparse.ArgumentParser, per: str = "image") -> None:
+def add_detector_arguments(parser: argparse.ArgumentParser, per: str = "image",
+                           blur_score: float = BLUR_SCORE_THRESHOLD) -> None:
     """The detector options scrfd.py and video_inference_fdlm.py share."""
     parser.add_argument("--score", type=fraction, default=None,
                         help=f"minimum face score, 0..1 (default {SCORE_THRESHOLD}; "
-                             f"{BLUR_SCORE_THRESHOLD} with --blur, where a missed face matters more)")
+                             f"{blur_score} with --blur, where a missed face matters more)")
     parser.add_argument("--nms", type=fraction, default=NMS_THRESHOLD,
                         help=f"IoU above which overlapping boxes are merged, 0..1 "
                              f"(default {NMS_THRESHOLD})")

@@ -133,5 +133,6 @@ def anonymize_regions(image_bgr: np.ndarray, regions: np.ndarray, mode: str = "g
         centre = (round((gx1 + gx2) / 2 - x1), round((gy1 + gy2) / 2 - y1))
         axes = (max(1, round((gx2 - gx1) / 2)), max(1, round((gy2 - gy1) / 2)))
         cv2.ellipse(mask, centre, axes, 0, 0, 360, 255, -1)
-        np.copyto(region, blurred, where=mask[..., None] > 0)
+        inside = np.ascontiguousarray(region)  # OpenCV writes into contiguous arrays only
+        region[:] = cv2.copyTo(blurred, mask, inside)
     return out

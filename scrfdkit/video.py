@@ -52,7 +52,12 @@ CODEC_NAMES = {"libx264": "H.264", "libvpx-vp9": "VP9", "aac": "AAC", "libopus":
 # x264's presets, fastest first; VP9 gets the same scale through libvpx's cpu-used (8..0).
 PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
            "veryslow")
-DEFAULT_PRESET = "veryfast"  # keeps 1080p encoding off the critical path on 2 cores (README)
+DEFAULT_PRESET = "auto"  # by frame size, so encoding keeps up with the model (AUTO_PRESETS)
+# "auto": the slowest preset (smallest file) whose encoding stays off the critical path on a
+# 2-core CPU. Measured at 1080p, CPU ms per frame: ultrafast 17, superfast 27, veryfast 44,
+# against about 45 for det_500m 480x640; 1080p --blur keeps 84-87% of the model's fps with
+# ultrafast, 75% with superfast, 53-56% with veryfast (README).
+AUTO_PRESETS = ((540 * 960, "veryfast"), (720 * 1280, "superfast"), (None, "ultrafast"))
 DEFAULT_CRF = {"libx264": 23, "libvpx-vp9": 32}  # each encoder's own "good" quality
 
 
@@ -64,6 +69,7 @@ class Frame:
     pts: int  # in the source's time base
     time: float  # seconds on the source's clock (its start offset included)
     audio: list = field(default_factory=list)  # av.Packet of the source's audio streams
+    yuv: np.ndarray | None = None  # the decoded 4:2:0 planes (I420), when the source has them
 
 
 class VideoSource:
@@ -134,7 +140,8 @@ class VideoSource:
                     if held is not None:
                         held.audio, audio = audio, []
                         yield held
-                    held = Frame(to_bgr(decoded), pts, float(pts * self.time_base))
+                    image, yuv = to_bgr(decoded)
+                    held = Frame(image, pts, float(pts * self.time_base), yuv=yuv)
                     count += 1
                     if limit and count >= limit:
                         end = held.time + float(step * self.time_base)
@@ -205,12 +212,35 @@ def open_source(video: Path | None, webcam: int | None) -> VideoSource | WebcamS
     return VideoSource(video) if video is not None else WebcamSource(webcam)
 
 
-def to_bgr(frame: av.VideoFrame) -> np.ndarray:
-    """BGR pixels. 8-bit 4:2:0 goes through OpenCV, whose conversion VideoSink inverts almost
-    exactly, so pixels nobody blurred come back as they were before the encoder."""
+def to_bgr(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray | None]:
+    """BGR pixels, and the I420 planes when the frame is 8-bit 4:2:0 of an even size (most
+    videos): VideoSink can then encode the decoded planes themselves with only the blurred
+    regions converted back, so pixels nobody blurred reach the encoder exactly as decoded."""
     if frame.format.name in ("yuv420p", "yuvj420p") and not frame.width % 2 and not frame.height % 2:
-        return cv2.cvtColor(frame.to_ndarray(format="yuv420p"), cv2.COLOR_YUV2BGR_I420)
-    return frame.to_ndarray(format="bgr24")
+        yuv = frame.to_ndarray(format="yuv420p")
+        return cv2.cvtColor(yuv, cv2.COLOR_YUV2BGR_I420), yuv
+    return frame.to_ndarray(format="bgr24"), None
+
+
+def patch_yuv(yuv: np.ndarray, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """A copy of the I420 planes `yuv` with the pixels of `image` (BGR, the same frame) inside
+    each box (x1 y1 x2 y2; clipped, widened to even edges) converted and pasted in."""
+    height, width = image.shape[:2]
+    out = yuv.copy()
+    luma, chroma = out[:height], out[height:].reshape(2, height // 2, width // 2)
+    for x1, y1, x2, y2 in np.asarray(boxes, np.float64).reshape(-1, 4):
+        left, top = max(0, int(x1) // 2 * 2), max(0, int(y1) // 2 * 2)
+        right = min(width, -(-int(np.ceil(x2)) // 2) * 2)
+        bottom = min(height, -(-int(np.ceil(y2)) // 2) * 2)
+        if right - left < 2 or bottom - top < 2:
+            continue
+        patch = cv2.cvtColor(np.ascontiguousarray(image[top:bottom, left:right]),
+                             cv2.COLOR_BGR2YUV_I420)
+        h, w = bottom - top, right - left
+        luma[top:bottom, left:right] = patch[:h]
+        chroma[:, top // 2:bottom // 2, left // 2:right // 2] = patch[h:].reshape(2, h // 2,
+                                                                                 w // 2)
+    return out
 
 
 def output_format(path: Path) -> OutputFormat:
@@ -225,8 +255,13 @@ def check_encoding(crf: int | None, preset: str) -> None:
     """Options checked before any work: the CRF range both encoders accept, a known preset."""
     if crf is not None and not 0 <= crf <= 51:
         raise UserError(f"--crf must be between 0 and 51 (lower: better and bigger), got {crf}")
-    if preset not in PRESETS:
-        raise UserError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+    if preset != "auto" and preset not in PRESETS:
+        raise UserError(f"--preset must be auto or one of {', '.join(PRESETS)}, got {preset!r}")
+
+
+def auto_preset(width: int, height: int) -> str:
+    """The preset "auto" stands for at this frame size (see AUTO_PRESETS)."""
+    return next(name for pixels, name in AUTO_PRESETS if pixels is None or width * height <= pixels)
 
 
 class VideoSink:
@@ -242,7 +277,7 @@ class VideoSink:
                  crf: int | None = None, preset: str = DEFAULT_PRESET) -> None:
         self.path, self.format = path, output_format(path)
         self.crf = DEFAULT_CRF[self.format.video_codec] if crf is None else crf
-        self.preset = preset
+        self.preset, self.auto = preset, preset == "auto"
         self._staged, self._source = staged, source
         self._container: av.container.OutputContainer | None = None
         self._video = None
@@ -257,6 +292,8 @@ class VideoSink:
 
     def _open(self, width: int, height: int) -> None:
         self.size, self.padded = (width, height), (width + width % 2, height + height % 2)
+        if self.auto:
+            self.preset = auto_preset(width, height)
         container = av.open(str(self._staged.path(self.path)), "w", format=self.format.muxer,
                             options=self.format.options)
         self._container = container
@@ -295,16 +332,22 @@ class VideoSink:
                     "cpu-used": str(max(0, 8 - speed))}
         return {"crf": str(self.crf), "preset": self.preset}
 
-    def write(self, image: np.ndarray, pts: int, audio: list = ()) -> None:
-        """Encode one frame at `pts` (source time base) and mux the audio that goes with it."""
+    def write(self, image: np.ndarray, pts: int, audio: list = (), yuv: np.ndarray | None = None
+              ) -> None:
+        """Encode one frame at `pts` (source time base) and mux the audio that goes with it.
+
+        `yuv`: the frame's I420 planes when the caller has them (see patch_yuv), encoded as
+        they are: no whole-frame conversion (10 ms a 1080p frame on a busy 2-core machine).
+        """
         if self._container is None:
             self._open(image.shape[1], image.shape[0])
-        if (image.shape[1], image.shape[0]) != self.size:
-            image = cv2.resize(image, self.size)
-        if self.padded != self.size:
-            image = cv2.copyMakeBorder(image, 0, self.padded[1] - self.size[1], 0,
-                                       self.padded[0] - self.size[0], cv2.BORDER_REPLICATE)
-        yuv = cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420)
+        if yuv is None or (image.shape[1], image.shape[0]) != self.size:
+            if (image.shape[1], image.shape[0]) != self.size:
+                image = cv2.resize(image, self.size)
+            if self.padded != self.size:
+                image = cv2.copyMakeBorder(image, 0, self.padded[1] - self.size[1], 0,
+                                           self.padded[0] - self.size[0], cv2.BORDER_REPLICATE)
+            yuv = cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420)
         frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
         frame.pts, frame.time_base = pts, self._source.time_base
         self._container.mux(self._video.encode(frame))
@@ -340,7 +383,8 @@ class VideoSink:
         size = f"{self.padded[0]}x{self.padded[1]}" if self.padded else "no frames"
         pad = f" (padded from {self.size[0]}x{self.size[1]})" if self.padded != self.size else ""
         audio = "; audio " + ", ".join(self.audio_summary) if self.audio_summary else "; no audio"
-        return f"{codec} {size}{pad}, crf {self.crf} {self.preset}{audio}"
+        preset = f"{self.preset} (auto)" if self.auto else self.preset
+        return f"{codec} {size}{pad}, crf {self.crf} {preset}{audio}"
 
 
 def _seconds(packet: av.Packet) -> float:

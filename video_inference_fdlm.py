@@ -11,8 +11,9 @@ about the model's speed.
     python video_inference_fdlm.py --video clip.mp4 --blur --two-pass --out /tmp/o/clip.webm
     python video_inference_fdlm.py --webcam 0 --show             # stop with q, Esc or Ctrl-C
 
-.mp4 (H.264), .mov and .mkv (H.264) and .webm (VP9) play in browsers and phones; audio is
-copied as it is, or re-encoded (AAC, Opus for .webm) where the container cannot hold it.
+.mp4 (H.264, the default) and .webm (VP9) play in browsers and phones, .mov and .mkv (H.264)
+in desktop players; audio is copied as it is, or re-encoded (AAC, Opus for .webm) where the
+container cannot hold it.
 
 --blur follows faces across frames (ByteTrack-style), so a face the detector misses for a few
 frames stays hidden: a low-score detection (--track-score) may continue a face but never
@@ -45,7 +46,8 @@ from scrfdkit.cli import (DEFAULT_MODEL, RESULTS_DIR, ArgumentParser, UserError,
                           score_threshold)
 from scrfdkit.detections import Detections, draw_detections
 from scrfdkit.detector import SCRFD
-from scrfdkit.faces import BLUR_SHAPES, aligned_crops, anonymize_regions, grow
+from scrfdkit.faces import (BLUR_SHAPES, VIDEO_BLUR_GROW, VIDEO_BLUR_SHAPE, aligned_crops,
+                            anonymize_regions, grow)
 from scrfdkit.files import StagedOutputs, check_output_file, check_output_folder, same_file
 from scrfdkit.photos import encode
 from scrfdkit.pipeline import WriteBehind, read_ahead
@@ -53,13 +55,11 @@ from scrfdkit.timing import Profile
 from scrfdkit.track import (DEFAULT_HOLD, DEFAULT_TRACK_SCORE, CutDetector, FaceTracker, Region,
                             track_video)
 from scrfdkit.video import (DEFAULT_CRF, DEFAULT_PRESET, PRESETS, VIDEO_SUFFIXES, Frame,
-                            VideoSink, check_encoding, open_source, patch_yuv)
+                            VideoSink, check_encoding, open_source, patch_yuv, spare_threads)
 
 SUFFIX = "_fdlm"  # results/<video stem>_fdlm.mp4 and .jsonl
 WINDOW = "SCRFD faces (q or Esc to stop)"
 QUEUE_DEPTH = 8  # frames decoded ahead of, and drawn/encoded behind, the model
-BLUR_SHAPE = "ellipse"  # measured: the box's leaks, a fifth less of the picture blurred (README)
-BLUR_GROW = 0.35  # each side of a face grows by this: hair, ears, the jaw in profile (README)
 
 
 def parse_args(argv: list[str] | None = None):
@@ -96,12 +96,12 @@ def parse_args(argv: list[str] | None = None):
                              "keeps up with the model on 2 cores)")
     add_face_output_arguments(parser, crop_name="<video>_frame<N>_face<M>.png")
     blur = parser.add_argument_group("anonymising (--blur)")
-    blur.add_argument("--blur-shape", choices=BLUR_SHAPES, default=BLUR_SHAPE,
+    blur.add_argument("--blur-shape", choices=BLUR_SHAPES, default=VIDEO_BLUR_SHAPE,
                       help=f"blur the face's grown box or the ellipse inside it (default "
-                           f"{BLUR_SHAPE})")
-    blur.add_argument("--blur-grow", type=float, default=BLUR_GROW, metavar="F",
+                           f"{VIDEO_BLUR_SHAPE})")
+    blur.add_argument("--blur-grow", type=float, default=VIDEO_BLUR_GROW, metavar="F",
                       help=f"each side of a face grows by this fraction of its size before "
-                           f"blurring, 0..2 (default {BLUR_GROW})")
+                           f"blurring, 0..2 (default {VIDEO_BLUR_GROW})")
     blur.add_argument("--track-score", type=fraction, default=DEFAULT_TRACK_SCORE,
                       help="detections from this score, below --score, may continue a "
                            f"followed face but never start one (default {DEFAULT_TRACK_SCORE})")
@@ -267,7 +267,8 @@ def main() -> int:
             source = open_source(args.video, None)  # pass 2 reads the video again
         tracker = FaceTracker(threshold, args.track_score, args.track_hold) if args.blur else None
         with StagedOutputs() as staged:
-            with VideoSink(video_path, staged, source, args.crf, args.preset) as sink, \
+            with VideoSink(video_path, staged, source, args.crf, args.preset,
+                           spare_threads(args.threads)) as sink, \
                     WriteBehind(QUEUE_DEPTH) as writer, \
                     tqdm(total=len(plan) if plan is not None else wanted, unit="frame",
                          desc=source.stem + (" 2/2" if plan is not None else ""),

@@ -24,7 +24,9 @@ MAX_INPUT_SIDE = 4096  # model input sides beyond this only exhaust memory
 
 SCORE_THRESHOLD = 0.5  # SCRFD's usual operating point: few false positives on photos
 BLUR_SCORE_THRESHOLD = 0.4  # anonymising: +8 points recall on 16 px faces for 0.27 false positives per image (README)
-VIDEO_BLUR_SCORE_THRESHOLD = 0.35  # video --blur, with tracking: <= 1.2% of face-frames leaked on the 3 samples, 0.4 leaks 2.9% of walking_1080p's (README)
+# video --blur, where tracking adds what a frame misses: 0.3 leaks 0.9 / 0.2 / 0.7% of the sample
+# videos' face-frames, 0.4 leaks 3.2 / 1.6 / 1.2% (README, tests/tools/blur_sweep.py)
+VIDEO_BLUR_SCORE_THRESHOLD = 0.3
 NMS_THRESHOLD = 0.4  # InsightFace's default IoU for merging duplicate boxes
 EVAL_SCORE_THRESHOLD = 0.02  # SCRFD paper's WIDER FACE protocol: keep nearly every candidate,
 EVAL_NMS_THRESHOLD = 0.45  # and suppress at IoU 0.45

@@ -18,6 +18,10 @@ ARCFACE_SIZE = 112
 BLUR_MODES = ("gaussian", "pixelate")
 BLUR_SHAPES = ("box", "ellipse")  # ellipse: the grown box's inscribed ellipse, face-shaped
 BLUR_MARGIN = 0.25  # each side of the box grows by this fraction: hair, ears and chin go too
+# Video --blur (measured on the sample videos, README): the ellipse inside a box grown by 0.35
+# blurs as much of the picture as the box grown by 0.25 did, and leaks fewer faces.
+VIDEO_BLUR_GROW = 0.35
+VIDEO_BLUR_SHAPE = "ellipse"
 PIXELATE_BLOCKS = 8  # a pixelated face is this many blocks across
 BLUR_SIGMA = 0.1  # gaussian sigma as a fraction of the grown box: eyes and mouth merge
 BLUR_WORKING_SIGMA = 2.0  # pixels: larger blurs run on a shrunk copy (same look, far cheaper)

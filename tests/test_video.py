@@ -125,7 +125,8 @@ def test_webm_and_mkv(det500m_onnx, samples_dir, tmp_path, suffix, video_codec, 
     assert (after["video"]["codec"], after["audio"]["codec"]) == (video_codec, audio_codec)
     assert len(after["video"]["frames"]) == 8
     if copied:
-        assert [p for p, _ in after["audio"]["packets"]] == [p for p, _ in before["audio"]["packets"]]
+        assert [p for p, _ in after["audio"]["packets"]] == \
+            [p for p, _ in before["audio"]["packets"]]
     else:  # re-encoded: the same stretch of sound
         assert abs(after["audio"]["packets"][-1][1] - before["audio"]["packets"][-1][1]) < 0.05
 

@@ -20,8 +20,8 @@ from .kalman import BoxKalman
 
 DETECTED, LOW_SCORE, PREDICTED, PREDICTED_BACK = "detected", "low-score", "predicted", \
     "predicted-backward"
-DEFAULT_TRACK_SCORE = 0.15  # low-score detections from here may continue a face (README)
-DEFAULT_HOLD = 4  # frames a missed face stays blurred at its predicted place (README)
+DEFAULT_TRACK_SCORE = 0.2  # low-score detections from here may continue a face (README)
+DEFAULT_HOLD = 2  # frames a missed face stays blurred at its predicted place (README)
 MATCH_IOU = 0.2  # a confident detection continues a track whose predicted box it overlaps this much
 LOW_MATCH_IOU = 0.4  # a low-score one must overlap more: it has less to vouch for it
 

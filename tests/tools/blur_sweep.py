@@ -22,12 +22,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from leaks import CACHE, decoded_frames, frame_size, measure, reference_faces  # noqa: E402
+from leaks import CACHE, frame_size, measure, reference_faces  # noqa: E402
 
 from scrfdkit import SCRFD  # noqa: E402
-from scrfdkit.faces import grow  # noqa: E402
+from scrfdkit.cli import VIDEO_BLUR_SCORE_THRESHOLD  # noqa: E402
+from scrfdkit.faces import VIDEO_BLUR_GROW, VIDEO_BLUR_SHAPE, grow  # noqa: E402
 from scrfdkit.files import atomic_write, sha256_of  # noqa: E402
-from scrfdkit.track import CutDetector, track_video  # noqa: E402
+from scrfdkit.track import (DEFAULT_HOLD, DEFAULT_TRACK_SCORE, CutDetector,  # noqa: E402
+                            track_video)
+from scrfdkit.video import VideoSource  # noqa: E402
 
 CANDIDATE_SCORE = 0.05  # the lowest --track-score a sweep can try
 
@@ -40,14 +43,15 @@ def candidates(video: Path, model: Path, full_size: bool = False, cache: Path = 
     whether it is applied before or after NMS: one run serves every --track-score.
     full_size: a dynamic ONNX model at each frame's own size padded to 32 (no downscaling).
     """
-    tag = "full" if full_size else "fit"
-    path = cache / f"{video.stem}-{sha256_of(video)[:16]}-{model.name}-{sha256_of(model)[:8]}-{tag}.npz"
+    tag = ("full" if full_size else "fit") + "-script"  # frames decoded as the script does
+    key = f"{video.stem}-{sha256_of(video)[:16]}-{model.name}-{sha256_of(model)[:8]}-{tag}"
+    path = cache / f"{key}.npz"
     if path.exists():
         stored = np.load(path)
         rows = np.split(stored["rows"], stored["splits"])
         return [(r[:, :4], r[:, 4]) for r in rows]
     detector, rows = None, []
-    for image in decoded_frames(video):
+    for image in script_frames(video):
         height, width = image.shape[:2]
         size = (-(-height // 32) * 32, -(-width // 32) * 32) if full_size else None
         if detector is None:
@@ -65,10 +69,19 @@ def candidates(video: Path, model: Path, full_size: bool = False, cache: Path = 
     return [(r[:, :4], r[:, 4]) for r in rows]
 
 
+def script_frames(video: Path):
+    """The frames exactly as video_inference_fdlm.py decodes them (scrfdkit.video): its colour
+    conversion differs from leaks.py's by about one grey level, enough to move scores near a
+    threshold."""
+    with VideoSource(video) as source:
+        for frame in source.frames():
+            yield frame.image
+
+
 def shot_cuts(video: Path) -> list[bool]:
     """Whether each frame starts a new shot, as the script decides it."""
     detector = CutDetector()
-    return [detector(image) for image in decoded_frames(video)]
+    return [detector(image) for image in script_frames(video)]
 
 
 def regions_for(found: list[tuple[np.ndarray, np.ndarray]], score: float, track_score: float,
@@ -87,14 +100,17 @@ def regions_for(found: list[tuple[np.ndarray, np.ndarray]], score: float, track_
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--video", type=Path, nargs="+", required=True)
-    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--model", type=Path, required=True,
+                        help="the model the script would run (each setting below takes one or "
+                             "more values, every combination is a row; defaults: the script's)")
     parser.add_argument("--full-size", action="store_true",
                         help="dynamic ONNX model at each frame's own size (padded to 32)")
-    parser.add_argument("--score", type=float, nargs="+", default=[0.4])
-    parser.add_argument("--track-score", type=float, nargs="+", default=[0.15])
-    parser.add_argument("--hold", type=int, nargs="+", default=[8])
-    parser.add_argument("--grow", type=float, nargs="+", default=[0.25])
-    parser.add_argument("--shape", nargs="+", default=["ellipse"], choices=("box", "ellipse"))
+    parser.add_argument("--score", type=float, nargs="+", default=[VIDEO_BLUR_SCORE_THRESHOLD])
+    parser.add_argument("--track-score", type=float, nargs="+", default=[DEFAULT_TRACK_SCORE])
+    parser.add_argument("--hold", type=int, nargs="+", default=[DEFAULT_HOLD])
+    parser.add_argument("--grow", type=float, nargs="+", default=[VIDEO_BLUR_GROW])
+    parser.add_argument("--shape", nargs="+", default=[VIDEO_BLUR_SHAPE],
+                        choices=("box", "ellipse"))
     parser.add_argument("--two-pass", type=int, nargs="+", default=[0], choices=(0, 1))
     parser.add_argument("--cuts", type=int, nargs="+", default=[1], choices=(0, 1),
                         help="1: forget faces at shot changes, as the script does")
@@ -105,15 +121,16 @@ def main() -> int:
                      candidates(video, args.model, args.full_size), shot_cuts(video)))
     names = [v.stem.split("_")[0] for v in args.video]
     print("| score | track | hold | grow | shape | 2-pass | cuts | "
-          + " | ".join(f"{n} leaked | {n} regions (no face) / frame, blurred" for n in names) + " |")
+          + " | ".join(f"{n} leaked | {n} regions (no face) / frame, blurred" for n in names)
+          + " |")
     print("| " + " | ".join(["---:"] * (7 + 2 * len(names))) + " |")
     for score, track_score, hold, grow_by, shape, two_pass, use_cuts in itertools.product(
             args.score, args.track_score, args.hold, args.grow, args.shape, args.two_pass,
             args.cuts):
         cells = []
         for video, (width, height), refs, found, cuts in data:
-            regions = regions_for(found, score, track_score, hold, grow_by, shape, bool(two_pass),
-                                  cuts if use_cuts else None)
+            regions = regions_for(found, score, track_score, hold, grow_by, shape,
+                                  bool(two_pass), cuts if use_cuts else None)
             r = measure(refs, regions, width, height, video.name)
             cells.append(f"{r.leaked} ({r.leaked_percent:.1f}%) | {r.regions_per_frame:.2f} "
                          f"({r.unmatched_per_frame:.2f}), {r.blurred_percent:.1f}%")

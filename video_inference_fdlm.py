@@ -201,8 +201,10 @@ def main() -> int:
             if not prepare:
                 yield frame, None, False
                 continue
-            with profile("cuts"):
-                cut = cuts(frame.image) if args.blur else False
+            cut = False
+            if args.blur:
+                with profile("cuts"):
+                    cut = cuts(frame.image)
             yield frame, detector.prepare(frame.image), cut
 
     def write_frame(index: int, frame: Frame, faces: Detections, regions: list[Region] | None,
@@ -281,11 +283,12 @@ def main() -> int:
                     if plan is not None:
                         dets, regions = plan[frame_count]
                     else:
-                        dets = detector.detect_prepared(prepared)
-                        with profile("track"):
-                            if cut:
-                                tracker.reset()
-                            regions = tracker.update(dets.boxes, dets.scores) if tracker else None
+                        dets, regions = detector.detect_prepared(prepared), None
+                        if tracker is not None:
+                            with profile("track"):
+                                if cut:
+                                    tracker.reset()
+                                regions = tracker.update(dets.boxes, dets.scores)
                     shown_faces = dets[dets.scores >= threshold]
                     writer.submit(write_frame, frame_count, frame, shown_faces, regions, sink,
                                   staged)
@@ -352,7 +355,7 @@ def print_summary(frame_count: int, faces: int, blurred: int | None, elapsed: fl
                         ("model", ("inference",)), ("boxes + NMS", ("postprocess",)),
                         ("tracking", ("track", "cuts")), ("draw + encode", ("draw+write",))):
         spent = sum(seconds.get(k, 0.0) for k in keys)
-        if not spent and label == "tracking":
+        if label == "tracking" and blurred is None:
             continue
         rate = frame_count / spent if spent else float("inf")
         print(f"  {label:15} {spent:7.2f} s {rate:8.1f} fps")

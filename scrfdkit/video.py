@@ -56,7 +56,7 @@ PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "sl
 DEFAULT_PRESET = "auto"  # by frame size, so encoding keeps up with the model (AUTO_PRESETS)
 # "auto": the slowest preset (smallest file) whose encoding stays off the critical path on a
 # 2-core CPU. Measured at 1080p, CPU ms per frame: ultrafast 17, superfast 27, veryfast 44,
-# against about 45 for det_500m 480x640; 1080p --blur keeps 84-87% of the model's fps with
+# against 22 for det_500m 480x640; 1080p --blur keeps 84-87% of the model's fps with
 # ultrafast, 75% with superfast, 53-56% with veryfast (README).
 AUTO_PRESETS = ((540 * 960, "veryfast"), (720 * 1280, "superfast"), (None, "ultrafast"))
 DEFAULT_CRF = {"libx264": 23, "libvpx-vp9": 32}  # each encoder's own "good" quality

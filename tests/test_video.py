@@ -147,6 +147,22 @@ def test_source_without_audio_and_odd_size_is_padded_not_cropped(det500m_onnx, t
         assert np.abs(written[:241, 321].astype(int) - original[:, 320]).mean() < 6  # replicated
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--crf", "60"], "--crf must be between 0 and 51"),
+    (["--preset", "turbo"], "--preset must be auto or one of"),
+    (["--blur", "--blur-grow", "3"], "--blur-grow must be between 0 and 2"),
+    (["--two-pass"], "--two-pass goes with --blur"),
+    (["--out", "OUT/clip.avi"], "give a folder or a video file ending in .mkv/.mov/.mp4/.webm")])
+def test_bad_video_options_are_refused_before_any_work(det500m_onnx, samples_dir, tmp_path, args,
+                                                       message):
+    args = [str(a).replace("OUT", str(tmp_path / "out")) for a in args]
+    proc = run_script("video_inference_fdlm.py", "--model", det500m_onnx, "--video",
+                      samples_dir / "hamilton_360p.mp4", "--out", tmp_path / "out", *args,
+                      check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupted_rerun_keeps_the_earlier_complete_pair(det500m_onnx, samples_dir, tmp_path,
                                                            signum, code):

@@ -331,8 +331,8 @@ class VideoSink:
             else:
                 rate = 48000 if self.format.audio_codec == "libopus" else \
                     stream.codec_context.sample_rate
-                out = container.add_stream(self.format.audio_codec, rate=rate)
-                out.layout = stream.codec_context.layout
+                out = container.add_stream(self.format.audio_codec, rate=rate,
+                                           layout=named_layout(stream.codec_context.layout))
             self._audio[stream.index] = (out, copy)
             self.audio_summary.append(f"{_codec_name(codec)} " + (
                 "copied" if copy else f"re-encoded to {_codec_name(self.format.audio_codec)}"))
@@ -398,6 +398,18 @@ class VideoSink:
         audio = "; audio " + ", ".join(self.audio_summary) if self.audio_summary else "; no audio"
         preset = f"{self.preset} (auto)" if self.auto else self.preset
         return f"{codec} {size}{pad}, crf {self.crf} {preset}{audio}"
+
+
+DEFAULT_LAYOUTS = {1: "mono", 2: "stereo", 3: "3.0", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1",
+                   8: "7.1"}  # FFmpeg's usual layout for each channel count
+
+
+def named_layout(layout: av.AudioLayout) -> str | av.AudioLayout:
+    """The layout, or the usual one for its channel count when it has no name ("1 channels",
+    as PCM tracks often have): the AAC encoder refuses an unnamed layout."""
+    if layout.name == f"{layout.nb_channels} channels":
+        return DEFAULT_LAYOUTS.get(layout.nb_channels, layout)
+    return layout
 
 
 def _seconds(packet: av.Packet) -> float:

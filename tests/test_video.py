@@ -30,10 +30,10 @@ SIZE = "256,320"  # det_500m ONNX input: finds the faces of a 320x240 clip of fr
 # ----------------------------------------------------------------------------- clips
 def write_clip(path: Path, photo: Path | None, frames: int = 12, size: tuple[int, int] = (320, 240),
                pts_ms: list[int] | None = None, audio_seconds: float = 0.0,
-               pix_fmt: str = "yuv420p") -> Path:
+               pix_fmt: str = "yuv420p", audio_codec: str = "aac", channels: int = 2) -> Path:
     """An H.264 clip of `photo` sliding sideways (a gradient without a photo), timestamps in
     milliseconds as given (the first may be late: a start offset; gaps: a variable rate), and
-    optionally an AAC sine tone from time 0."""
+    optionally a sine tone from time 0 (AAC stereo, or as asked)."""
     width, height = size
     if photo is not None:
         import cv2
@@ -48,7 +48,9 @@ def write_clip(path: Path, photo: Path | None, frames: int = 12, size: tuple[int
         video.width, video.height, video.pix_fmt = width, height, pix_fmt
         video.time_base = video.codec_context.time_base = Fraction(1, 1000)
         video.options = {"preset": "ultrafast", "crf": "12"}
-        sound = container.add_stream("aac", rate=44100) if audio_seconds else None
+        layout = {1: "mono", 2: "stereo"}[channels]
+        sound = container.add_stream(audio_codec, rate=44100, layout=layout) \
+            if audio_seconds else None
         for i, pts in enumerate(pts_ms):
             frame = av.VideoFrame.from_ndarray(
                 np.ascontiguousarray(picture[:, i * 3: i * 3 + width]), format="bgr24")
@@ -59,9 +61,9 @@ def write_clip(path: Path, photo: Path | None, frames: int = 12, size: tuple[int
             samples = np.arange(int(audio_seconds * 44100))
             tone = (np.sin(2 * np.pi * 440 * samples / 44100) * 8000).astype(np.int16)
             for start in range(0, len(tone), 1024):
-                chunk = np.repeat(tone[None, start:start + 1024], 2, 0).reshape(1, -1)
+                chunk = np.repeat(tone[None, start:start + 1024], channels, 0).reshape(1, -1)
                 piece = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="s16",
-                                                   layout="stereo")
+                                                   layout=layout)
                 piece.sample_rate, piece.pts = 44100, start
                 container.mux(sound.encode(piece))
             container.mux(sound.encode(None))
@@ -113,11 +115,14 @@ def test_mp4_is_h264_with_the_source_audio_timestamps_and_duration(det500m_onnx,
     assert [r["time"] for r in records] == pytest.approx([p / 1000 for p in pts])
 
 
-@pytest.mark.parametrize("suffix, video_codec, audio_codec, copied", [
-    (".webm", "vp9", "opus", False), (".mkv", "h264", "aac", True)])
-def test_webm_and_mkv(det500m_onnx, samples_dir, tmp_path, suffix, video_codec, audio_codec,
-                      copied):
-    source = write_clip(tmp_path / "clip.mp4", samples_dir / "friends.jpg", 8, audio_seconds=1.0)
+@pytest.mark.parametrize("source_audio, suffix, video_codec, audio_codec, copied", [
+    ("aac", ".webm", "vp9", "opus", False), ("aac", ".mkv", "h264", "aac", True),
+    ("pcm_s16le", ".mp4", "h264", "aac", False)])  # mono PCM from .mkv: a layout without a name
+def test_webm_mkv_and_audio_the_container_cannot_hold(det500m_onnx, samples_dir, tmp_path,
+                                                       source_audio, suffix, video_codec,
+                                                       audio_codec, copied):
+    source = write_clip(tmp_path / "source.mkv", samples_dir / "friends.jpg", 8, audio_seconds=1.0,
+                        audio_codec=source_audio, channels=2 if source_audio == "aac" else 1)
     out = tmp_path / f"clip{suffix}"
     run_script("video_inference_fdlm.py", "--model", det500m_onnx, "--size", SIZE, "--video",
                source, "--out", out, "--blur")

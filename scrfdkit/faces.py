@@ -19,7 +19,7 @@ BLUR_MODES = ("gaussian", "pixelate")
 BLUR_SHAPES = ("box", "ellipse")  # ellipse: the grown box's inscribed ellipse, face-shaped
 BLUR_MARGIN = 0.25  # each side of the box grows by this fraction: hair, ears and chin go too
 # Video --blur (measured on the sample videos, README): the ellipse inside a box grown by 0.35
-# blurs as much of the picture as the box grown by 0.25 did, and leaks fewer faces.
+# blurs about as much of the picture as the box grown by 0.25 did, and leaks as few faces.
 VIDEO_BLUR_GROW = 0.35
 VIDEO_BLUR_SHAPE = "ellipse"
 PIXELATE_BLOCKS = 8  # a pixelated face is this many blocks across

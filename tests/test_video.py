@@ -288,3 +288,26 @@ def test_no_face_is_found_in_the_blurred_output(det500m_onnx, samples_dir, tmp_p
         left = judge.detect(blurred)
         overlap = iou_matrix(faces.boxes, left.boxes) if len(left) else np.zeros((len(faces), 0))
         assert not (overlap >= 0.3).any(), (faces.boxes, left.boxes, left.scores)
+
+
+# ----------------------------------------------------------------------------- leak measurement
+def test_leak_measurement_geometry():
+    """tests/tools/leaks.py, the judge of the README's leak tables, on cases worked by hand."""
+    sys.path.insert(0, str(REPO / "tests" / "tools"))
+    from leaks import blurred_share, coverage, measure
+
+    face = np.array([[100, 100, 140, 160, 0.9]])
+    same_box = {"box": [100, 100, 140, 160], "shape": "box"}
+    inscribed = {"box": [100, 100, 140, 160], "shape": "ellipse"}
+    left_half = {"box": [100, 100, 120, 160], "shape": "box"}
+    covered = coverage(face, [same_box, inscribed, left_half], 640, 360)[0]
+    assert covered == pytest.approx([1.0, np.pi / 4, 0.5], abs=0.02)
+    # a face cut by the frame's edge counts only its visible part
+    edge = np.array([[-20, 100, 20, 160, 0.9]])
+    assert coverage(edge, [{"box": [0, 100, 20, 160]}], 640, 360)[0, 0] == pytest.approx(1.0)
+    # frame 0: the face hidden, plus a region on nothing; frame 1: the face left bare
+    far = {"box": [400, 50, 440, 100], "shape": "box"}
+    report = measure([face, face], [[inscribed | {"box": [92, 88, 148, 172]}, far], []], 640, 360)
+    assert (report.face_frames, report.leaked, report.leaked_at) == (2, 1, [[1, 60]])
+    assert report.unmatched_per_frame == 0.5 and report.regions_per_frame == 1.0
+    assert blurred_share([same_box], 640, 360) == pytest.approx(40 * 60 / (640 * 360), rel=0.1)

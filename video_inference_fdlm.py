@@ -255,14 +255,14 @@ def main() -> int:
                     found.append(detector.detect_prepared(prepared))
                     cut_flags.append(cut)
                     bar.update()
-            with profile("track"):
-                tracked = track_video([(d.boxes, d.scores) for d in found], threshold,
-                                      args.track_score, args.track_hold, True, cut_flags)
             if stop:
                 print(f"{stop[0]} in the first pass; nothing written", file=sys.stderr)
                 return 143 if stop[0].startswith("terminated") else 130
             if not found:
                 raise UserError(f"no frames could be decoded from {source.name}")
+            with profile("track"):
+                tracked = track_video([(d.boxes, d.scores) for d in found], threshold,
+                                      args.track_score, args.track_hold, True, cut_flags)
             plan, broken = list(zip(found, tracked)), source.broken
             first_pass = time.perf_counter() - started
             source.close()

@@ -311,3 +311,42 @@ def test_leak_measurement_geometry():
     assert (report.face_frames, report.leaked, report.leaked_at) == (2, 1, [[1, 60]])
     assert report.unmatched_per_frame == 0.5 and report.regions_per_frame == 1.0
     assert blurred_share([same_box], 640, 360) == pytest.approx(40 * 60 / (640 * 360), rel=0.1)
+
+
+def test_two_pass_run_hides_a_face_before_it_appears(det500m_onnx, samples_dir, tmp_path):
+    """A face hidden behind a grey patch for the first 4 frames of a still shot: --two-pass
+    blurs where it is for --track-hold (2) frames before it is first seen, one pass does not."""
+    import cv2
+
+    photo = cv2.resize(read_image(samples_dir / "friends.jpg"), (480, 320))
+    face = SCRFD(det500m_onnx, (320, 480), score_threshold=0.5).detect(photo).boxes[0]
+    x1, y1, x2, y2 = (int(v) for v in face)
+    covered = photo.copy()
+    covered[y1 - 10:y2 + 10, x1 - 10:x2 + 10] = 128
+    path = tmp_path / "appears.mp4"
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=10)
+        video.width, video.height, video.pix_fmt = 480, 320, "yuv420p"
+        video.options = {"preset": "ultrafast", "crf": "12"}
+        for i in range(8):
+            frame = av.VideoFrame.from_ndarray(covered if i < 4 else photo, format="bgr24")
+            frame.pts = i
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+
+    def regions_on_the_face(*extra: str) -> list[list[str]]:
+        out = tmp_path / f"out{len(extra)}.mp4"
+        run_script("video_inference_fdlm.py", "--model", det500m_onnx, "--size", "320,480",
+                   "--video", path, "--out", out, "--blur", *extra)
+        kinds = []
+        for record in read_jsonl(out.with_suffix(".jsonl")):
+            boxes = [r for r in record["blurred"]
+                     if iou_matrix(np.array([r["box"]]), face[None])[0, 0] > 0.2]
+            kinds.append([r["kind"] for r in boxes])
+        return kinds
+
+    assert regions_on_the_face() == [[], [], [], [], ["detected"], ["detected"], ["detected"],
+                                     ["detected"]]
+    assert regions_on_the_face("--two-pass") == [
+        [], [], ["predicted-backward"], ["predicted-backward"], ["detected"], ["detected"],
+        ["detected"], ["detected"]]

@@ -203,11 +203,11 @@ def camera_index(text: str) -> int:
     return value
 
 
-def score_threshold(args: argparse.Namespace) -> float:
+def score_threshold(args: argparse.Namespace, blur_score: float = BLUR_SCORE_THRESHOLD) -> float:
     """--score when given, else the default for the job: lower when anonymising (--blur)."""
     if args.score is not None:
         return args.score
-    return BLUR_SCORE_THRESHOLD if getattr(args, "blur", None) else SCORE_THRESHOLD
+    return blur_score if getattr(args, "blur", None) else SCORE_THRESHOLD
 
 
 def add_face_output_arguments(parser: argparse.ArgumentParser, crop_name: str) -> None:
@@ -237,11 +237,12 @@ def crop_side(text: str) -> int:
     return value
 
 
-def add_detector_arguments(parser: argparse.ArgumentParser, per: str = "image") -> None:
+def add_detector_arguments(parser: argparse.ArgumentParser, per: str = "image",
+                           blur_score: float = BLUR_SCORE_THRESHOLD) -> None:
     """The detector options scrfd.py and video_inference_fdlm.py share."""
     parser.add_argument("--score", type=fraction, default=None,
                         help=f"minimum face score, 0..1 (default {SCORE_THRESHOLD}; "
-                             f"{BLUR_SCORE_THRESHOLD} with --blur, where a missed face matters more)")
+                             f"{blur_score} with --blur, where a missed face matters more)")
     parser.add_argument("--nms", type=fraction, default=NMS_THRESHOLD,
                         help=f"IoU above which overlapping boxes are merged, 0..1 "
                              f"(default {NMS_THRESHOLD})")

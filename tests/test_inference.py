@@ -528,7 +528,7 @@ def test_video_blur_into_webm_keeps_every_frame(det500m_onnx, samples_dir, tmp_p
     out = tmp_path / "out" / "clip.webm"
     proc = run_script("video_inference_fdlm.py", "--model", det500m_onnx, "--size", "256,320",
                       "--video", source, "--out", out, "--blur", "--score", "0.3")
-    assert "VP80" in proc.stdout and count_frames(out) == 12
+    assert "VP9" in proc.stdout and count_frames(out) == 12
     records = read_jsonl(out.with_name(out.name + ".jsonl"))  # clip.webm.jsonl: its own
     assert len(records) == 12 and all(r["faces"] for r in records)
     original, blurred = cv2.VideoCapture(str(source)), cv2.VideoCapture(str(out))
@@ -556,7 +556,10 @@ def test_help_texts_explain_every_option():
                                           "--blur", "--crops", "--crop-size", "--verbose")),
                             ("video_inference_fdlm.py", ("--video", "--webcam", "--out", "--json",
                                                          "--max-frames", "--show", "--size",
-                                                         "--blur", "--crops", "--fourcc"))):
+                                                         "--blur", "--crops", "--crf",
+                                                         "--preset", "--two-pass",
+                                                         "--blur-shape", "--blur-grow",
+                                                         "--track-score", "--track-hold"))):
         text = run_script(script, "--help").stdout
         for option in options:
             assert option in text

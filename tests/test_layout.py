@@ -52,7 +52,7 @@ def layer(module: str) -> str:
 
 def test_the_layers_are_what_the_readme_says():
     subpackages = {layer(m) for m in GRAPH} - {"top"}
-    assert subpackages == {"export", "wider", "bench", "compare", "scale"}
+    assert subpackages == {"export", "wider", "bench", "compare", "scale", "track"}
 
 
 @pytest.mark.parametrize("module", sorted(GRAPH))

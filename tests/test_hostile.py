@@ -256,15 +256,15 @@ def test_1_two_videos_of_one_stem_keep_their_own_json(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_video(tmp_path / "clip.avi")
     common = ["--model", MODELS / "det_500m.onnx", "--size", SIZE, "--video", "clip.avi"]
-    first = run_main("video_inference_fdlm.py", *common, "--out", "x.avi")
+    first = run_main("video_inference_fdlm.py", *common, "--out", "x.mp4")
     assert first.code == 0, first.err
-    kept = digests(tmp_path / "x.avi", tmp_path / "x.avi.jsonl")
+    kept = digests(tmp_path / "x.mp4", tmp_path / "x.mp4.jsonl")
     second = run_main("video_inference_fdlm.py", *common, "--out", "x.mkv", "--max-frames", "3")
     assert second.code == 0, second.err
-    assert digests(tmp_path / "x.avi", tmp_path / "x.avi.jsonl") == kept
+    assert digests(tmp_path / "x.mp4", tmp_path / "x.mp4.jsonl") == kept
     assert len((tmp_path / "x.mkv.jsonl").read_text().splitlines()) == 3
-    assert len((tmp_path / "x.avi.jsonl").read_text().splitlines()) == 6
-    run = run_main("video_inference_fdlm.py", *common, "--out", "y.avi", "--json", "clip.avi")
+    assert len((tmp_path / "x.mp4.jsonl").read_text().splitlines()) == 6
+    run = run_main("video_inference_fdlm.py", *common, "--out", "y.mp4", "--json", "clip.avi")
     assert run.code == 2
     run.one("error:", "--json clip.avi", "input")
 

@@ -111,7 +111,7 @@ def test_mp4_is_h264_with_the_source_audio_timestamps_and_duration(det500m_onnx,
     assert after["audio"]["codec"] == "aac"
     assert after["audio"]["packets"] == before["audio"]["packets"]  # same bytes, same times
     assert abs(after["duration"] - before["duration"]) <= 0.1  # within one frame
-    records = read_jsonl(out.with_suffix(".jsonl"))
+    records = read_jsonl(out.with_name(out.name + ".jsonl"))  # <file name>.jsonl: its own
     assert [r["time"] for r in records] == pytest.approx([p / 1000 for p in pts])
 
 
@@ -339,7 +339,7 @@ def test_two_pass_run_hides_a_face_before_it_appears(det500m_onnx, samples_dir, 
         run_script("video_inference_fdlm.py", "--model", det500m_onnx, "--size", "320,480",
                    "--video", path, "--out", out, "--blur", *extra)
         kinds = []
-        for record in read_jsonl(out.with_suffix(".jsonl")):
+        for record in read_jsonl(out.with_name(out.name + ".jsonl")):  # <file name>.jsonl
             boxes = [r for r in record["blurred"]
                      if iou_matrix(np.array([r["box"]]), face[None])[0, 0] > 0.2]
             kinds.append([r["kind"] for r in boxes])

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,9 +34,9 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from scrfdkit import SCRFD  # noqa: E402
-from scrfdkit.cli import SHARED  # noqa: E402
 from scrfdkit.files import atomic_write, sha256_of  # noqa: E402
 
+SHARED = Path(os.environ.get("SCRFD_SHARED", REPO.parent / "shared"))  # as the tests read it
 REFERENCE_MODEL = SHARED / "models" / "det_2.5g.onnx"
 CACHE = REPO / ".cache" / "leaks"
 REFERENCE_SCORE = 0.5  # reference faces: det_2.5g's usual operating point

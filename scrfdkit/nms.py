@@ -9,11 +9,16 @@ score 0.02, 3,010 of 5,241 candidates are kept, and those loops cost more than t
 version did (tests/bench_nms.py times them). Here each kept box looks only at the few boxes
 that could overlap it, found through grids, and computes the IoU exactly as the reference
 does, so the kept indices are identical. The kernel (nms_kernel.py) is compiled once by
-numba and cached in scrfdkit/__pycache__; a process loads it on its first call.
+numba and cached in scrfdkit/__pycache__; a process loads it (about half a second) on its
+first large set only: below COMPILED_FROM candidates, as at the photo default score, every
+pair's IoU at once (the reference's own arithmetic) is as fast, so photos and videos never
+wait for numba.
 """
 from __future__ import annotations
 
 import numpy as np
+
+COMPILED_FROM = 256  # candidates; below, all pairs at once take about a millisecond
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
@@ -32,19 +37,34 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
         raise ValueError(f"iou_threshold must be between 0 and 1, got {iou_threshold}")
     if boxes.dtype not in (np.float32, np.float64):
         boxes = boxes.astype(np.float64)
+    if len(boxes) < COMPILED_FROM:
+        return _all_pairs_nms(boxes, scores, iou_threshold)
     boxes = np.ascontiguousarray(boxes)  # one compiled version per float type
     order = np.argsort(-scores, kind="stable").astype(np.int64, copy=False)
     from .nms_kernel import greedy  # numba loads on the first call only
     return greedy(boxes, order, boxes.dtype.type(iou_threshold))
 
 
+def _all_pairs_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """greedy_nms over a matrix of every pair's IoU, computed as box_iou computes it."""
+    overlaps = box_iou(boxes[:, None, :], boxes) > iou_threshold
+    suppressed = np.zeros(len(boxes), bool)
+    kept: list[int] = []
+    for i in np.argsort(-scores, kind="stable"):
+        if not suppressed[i]:
+            kept.append(int(i))
+            suppressed |= overlaps[i]
+    return np.array(kept, dtype=np.int64)
+
+
 # ----------------------------------------------------------------------------- reference
 def box_iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
-    """IoU of one x1 y1 x2 y2 box with each of `others` (0 where the union is empty)."""
-    x1 = np.maximum(box[0], others[:, 0])
-    y1 = np.maximum(box[1], others[:, 1])
-    x2 = np.minimum(box[2], others[:, 2])
-    y2 = np.minimum(box[3], others[:, 3])
+    """IoU of an x1 y1 x2 y2 box (or boxes, broadcast) with each of `others` (0 where the
+    union is empty)."""
+    x1 = np.maximum(box[..., 0], others[:, 0])
+    y1 = np.maximum(box[..., 1], others[:, 1])
+    x2 = np.minimum(box[..., 2], others[:, 2])
+    y2 = np.minimum(box[..., 3], others[:, 3])
     inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
 
     def area(b: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ from conftest import MODELS, SAMPLES
 from scrfdkit.decode import decode
 from scrfdkit.detector import SCRFD
 from scrfdkit.files import read_image
+from scrfdkit import nms as scrfdkit_nms
 from scrfdkit.nms import box_iou, greedy_nms, nms
 
 pytestmark = pytest.mark.inference  # runs without TensorFlow (CI: make test-inference)
@@ -21,6 +22,16 @@ EVAL_SCORE, EVAL_NMS = 0.02, 0.45  # evaluate_widerface.py's thresholds: the mos
 
 
 def assert_same_as_reference(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> None:
+    """Both of nms's paths, the compiled kernel and the all-pairs matrix for small sets."""
+    for compiled_from in (0, 1 << 30):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("scrfdkit.nms.COMPILED_FROM", compiled_from)
+            check_one_path(boxes, scores, threshold)
+
+
+def check_one_path(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> None:
+    if len(boxes) > 6000 and scrfdkit_nms.COMPILED_FROM > len(boxes):
+        return  # an all-pairs matrix of this many boxes is not what nms builds
     kept = nms(boxes, scores, threshold)
     assert kept.dtype == np.int64
     np.testing.assert_array_equal(kept, greedy_nms(boxes, scores, threshold),

@@ -1,1 +1,0 @@
-"""Speed and size: interleaved timing, runtimes and backends, model statistics, op profiles, memory."""

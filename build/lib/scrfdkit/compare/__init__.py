@@ -1,1 +1,0 @@
-"""Other face detectors behind SCRFD's interface, and the comparison report."""

@@ -27,6 +27,7 @@ BLUR_SCORE_THRESHOLD = 0.4  # anonymising: +8 points recall on 16 px faces for 0
 NMS_THRESHOLD = 0.4  # InsightFace's default IoU for merging duplicate boxes
 EVAL_SCORE_THRESHOLD = 0.02  # SCRFD paper's WIDER FACE protocol: keep nearly every candidate,
 EVAL_NMS_THRESHOLD = 0.45  # and suppress at IoU 0.45
+TILE_FACE = 64  # --tile: faces up to this many photo pixels lie whole in at least one tile
 DEBUG_ENV = "SCRFD_DEBUG"  # set to 1 to see the traceback behind an unexpected error
 
 EXPORT_HINT = ("`python export_modified_onnx.py --model models/det_500m.onnx --hw 480,640` then "
@@ -184,6 +185,19 @@ def add_face_output_arguments(parser: argparse.ArgumentParser, crop_name: str) -
                              f"<DIR>/{crop_name} (its file name goes in the JSON line)")
     parser.add_argument("--crop-size", type=positive_int, default=ARCFACE_SIZE, metavar="PX",
                         help=f"side of the aligned crops in pixels (default {ARCFACE_SIZE})")
+
+
+def add_tile_argument(parser: argparse.ArgumentParser, per: str = "photo") -> None:
+    """--tile [PX]: the whole-photo pass plus tiles at the photo's own resolution."""
+    parser.add_argument("--tile", nargs="?", type=positive_int, const=TILE_FACE, default=None,
+                        metavar="PX",
+                        help=f"find small faces too: besides the whole {per} shrunk into the "
+                             f"model's input, run tiles of the {per} at its own resolution, each "
+                             "the input's size, and merge the faces (more model passes, counted "
+                             f"in the summary; a {per} no larger than the input runs once). PX: "
+                             "faces up to this tall lie whole in at least one tile, which sets "
+                             f"the overlap (default {TILE_FACE}; raised to what the whole-{per} "
+                             "pass needs on large ones)")
 
 
 def add_detector_arguments(parser: argparse.ArgumentParser, per: str = "image") -> None:

@@ -6,7 +6,8 @@ in original-image pixels, and optionally one aligned 112x112 crop per face (--cr
 
     python scrfd.py                                   # data/friends.jpg -> results/friends.jpg
     python scrfd.py --image photos/ "more/*.png" --out /tmp/o --json /tmp/o/faces.jsonl
-    python scrfd.py --image photos/ --blur --out /tmp/anonymised
+    python scrfd.py --image photos/ --blur --out /tmp/anonymised   # tiled: small faces too
+    python scrfd.py --image crowd.jpg --tile          # + tiles at the photo's own resolution
     python scrfd.py --image photos/ --crops /tmp/crops   # ArcFace-aligned faces for recognition
     python scrfd.py --image @archive.txt --blur --out /shared/anonymised --ray --threads 1
 
@@ -33,9 +34,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from scrfdkit.cli import (DEFAULT_IMAGE, DEFAULT_MODEL, RESULTS_DIR, ArgumentParser, UserError,
-                          add_detector_arguments, add_face_output_arguments, check_model, cli,
-                          display, positive_int, score_threshold)
+from scrfdkit.cli import (DEFAULT_IMAGE, DEFAULT_MODEL, RESULTS_DIR, TILE_FACE, ArgumentParser,
+                          UserError, add_detector_arguments, add_face_output_arguments,
+                          add_tile_argument, check_model, cli, display, positive_int,
+                          score_threshold, tile_setting)
 from scrfdkit.detections import Detections
 from scrfdkit.detector import SCRFD
 from scrfdkit.files import (StagedOutputs, check_output_file, check_output_folder, find_images,
@@ -71,6 +73,7 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--verbose", action="store_true",
                         help="one line per image instead of a progress bar")
     add_detector_arguments(parser, per="image")
+    add_tile_argument(parser, per="photo", blur=True)
     parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                         help="run on a Ray cluster: no ADDRESS joins or starts one as Ray does "
                              "(RAY_ADDRESS, then a local `ray start` cluster, else a new one); "
@@ -102,7 +105,8 @@ class Loaded:
 
 def detect_here(detector: SCRFD, images: list[Path], outputs: list[Path], json_path: Path,
                 settings: PhotoOutputs, verbose: bool) -> tuple[list[Path], int, float, dict]:
-    """The single-process run: (unreadable images, faces, seconds, seconds per stage)."""
+    """The single-process run: (unreadable images, faces, seconds, seconds per stage);
+    detector.total_passes counts its model passes."""
     profile = Profile()
 
     def load(path: Path, output: Path) -> Loaded:
@@ -145,7 +149,9 @@ def detect_here(detector: SCRFD, images: list[Path], outputs: list[Path], json_p
                     bar.set_postfix(faces=faces, refresh=False)
                     if verbose:
                         print(f"{display(item.path)}: {len(dets)} face{'s' * (len(dets) != 1)} "
-                              f"({detector.timings['inference'] * 1000:.0f} ms)")
+                              f"({detector.timings['inference'] * 1000:.0f} ms"
+                              + (f", {detector.passes} model passes)" if detector.passes > 1
+                                 else ")"))
         except KeyboardInterrupt:
             print(f"stopped after {seen} of {len(images)} image(s): nothing written; earlier "
                   f"results in {display(settings.out_dir)} are as they were", file=sys.stderr)
@@ -191,15 +197,18 @@ def main() -> int:
     outputs = output_paths(names, args.out, image_format(args.format))
     json_path = check_output_file(args.json or args.out / JSON_NAME, "--json", inputs=names)
 
+    tile = tile_setting(args)
     options = dict(model_path=model_path, input_hw=args.size, nms_threshold=args.nms,
                    score_threshold=score_threshold(args), max_faces=args.max_faces,
-                   threads=args.threads)  # the same detector here and in every Ray actor
+                   threads=args.threads, tile=tile is not None,
+                   tile_face=tile or TILE_FACE)  # the same detector here and in every Ray actor
     detector = SCRFD(**options)
     if args.crops and not detector.has_landmarks:
         raise UserError(f"--crops needs landmarks, and {display(model_path)} has none")
     print(f"model {display(model_path)}: {detector.runner.backend}, input "
           f"{detector.input_hw[0]}x{detector.input_hw[1]}, score >= {detector.score_threshold:g}"
-          f"; {len(images)} image(s)")
+          + (f", tiled (faces up to {tile} px whole in a tile)" if tile else "")
+          + f"; {len(images)} image(s)")
     settings = PhotoOutputs(args.out, args.blur, args.crops, args.crop_size)
     verbose = args.verbose or len(images) < PROGRESS_FROM
     if args.ray is not None:
@@ -208,16 +217,20 @@ def main() -> int:
                                         args.ray or None, args.ray_actors, verbose)
         failed, faces, elapsed, stages = run.failed, run.faces, run.elapsed, run.stages
         overlap = "summed over the actors; in each, reading and writing overlap inference"
+        passes = run.passes
     else:
         failed, faces, elapsed, stages = detect_here(detector, images, outputs, json_path,
                                                      settings, verbose)
         overlap = "reading and writing overlap inference"
+        passes = detector.total_passes
 
     done = len(images) - len(failed)
     per_image = ", ".join(f"{key} {spent / done * 1000:.1f} ms" for key, spent in stages.items())
     unreadable = f", {len(failed)} unreadable (skipped)" if failed else ""
     print(f"summary: {len(images)} image(s): {done} {'anonymised' if args.blur else 'annotated'}"
-          f"{unreadable}; {faces} face(s); {done / elapsed:.1f} images/s overall")
+          f"{unreadable}; {faces} face(s); {passes} model pass(es), {passes / done:.2f} per image"
+          f"{' (tiled; --no-tile: one each)' if tile and args.blur else ''}; "
+          f"{done / elapsed:.1f} images/s overall")
     print(f"mean per image: {per_image} ({overlap})")
     print(f"{'blurred' if args.blur else 'annotated'} images: {display(args.out)}/")
     if args.crops is not None:

@@ -7,6 +7,7 @@ inference and drawing/encoding run side by side, so the video goes at about the 
 
     python video_inference_fdlm.py --video data/fatboygang.mp4   # -> results/fatboygang_fdlm.mp4
     python video_inference_fdlm.py --video clip.mp4 --blur --out /tmp/o/clip.webm  # plays in browsers
+    python video_inference_fdlm.py --video clip.mp4 --tile       # small faces too, more passes
     python video_inference_fdlm.py --webcam 0 --show             # stop with q, Esc or Ctrl-C
 
 A video that breaks mid-way keeps every frame decoded before the break (with a warning).
@@ -27,9 +28,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from scrfdkit.cli import (DEFAULT_MODEL, RESULTS_DIR, ArgumentParser, UserError,
-                          add_detector_arguments, add_face_output_arguments, check_model, cli,
-                          count, display, score_threshold)
+from scrfdkit.cli import (DEFAULT_MODEL, RESULTS_DIR, TILE_FACE, ArgumentParser, UserError,
+                          add_detector_arguments, add_face_output_arguments, add_tile_argument,
+                          check_model, cli, count, display, score_threshold, tile_setting)
 from scrfdkit.detections import draw_detections
 from scrfdkit.detector import SCRFD
 from scrfdkit.faces import aligned_crops, anonymize
@@ -72,6 +73,7 @@ def parse_args(argv: list[str] | None = None):
                              ".mp4, VP80 for .webm, MJPG for .avi)")
     add_face_output_arguments(parser, crop_name="<video>_frame<N>_face<M>.png")
     add_detector_arguments(parser, per="frame")
+    add_tile_argument(parser, per="frame", blur=True)
     return parser.parse_args(argv)
 
 
@@ -110,19 +112,22 @@ def main() -> int:
     if args.show:
         open_window()
     model_path = check_model(args.model)
+    tile = tile_setting(args)
     capture, stem, total, fps = open_capture(args.video, args.webcam)
     video_path, json_path = output_paths(args, stem)
     fourcc = fourcc_for(video_path, args.fourcc)
     if args.crops is not None:
         check_output_folder(args.crops, "--crops")
     detector = SCRFD(model_path, args.size, score_threshold=score_threshold(args),
-                     nms_threshold=args.nms, max_faces=args.max_faces, threads=args.threads)
+                     nms_threshold=args.nms, max_faces=args.max_faces, threads=args.threads,
+                     tile=tile is not None, tile_face=tile or TILE_FACE)
     if args.crops and not detector.has_landmarks:
         raise UserError(f"--crops needs landmarks, and {display(model_path)} has none")
     source = display(args.video) if args.video is not None else f"webcam {args.webcam}"
     print(f"model {display(model_path)}: {detector.runner.backend}, input "
           f"{detector.input_hw[0]}x{detector.input_hw[1]}, score >= {detector.score_threshold:g}"
-          f"; source {source}: {total or 'unknown number of'} frames at {fps:.2f} fps")
+          + (f", tiled (faces up to {tile} px whole in a tile)" if tile else "")
+          + f"; source {source}: {total or 'unknown number of'} frames at {fps:.2f} fps")
 
     profile = Profile()
 
@@ -196,7 +201,10 @@ def main() -> int:
         print(f"warning: {source} ended after {frame_count} of the {total} frames it announces "
               f"(truncated or damaged?); kept the {frame_count} frames before the break",
               file=sys.stderr)
-    print_summary(frame_count, faces, elapsed, {**profile.totals, **detector.profile.totals})
+    print_summary(frame_count, faces, elapsed, {**profile.totals, **detector.profile.totals},
+                  detector.total_passes)
+    if tile and args.blur and args.tile is None:
+        print("(tiled, the --blur default, for the small faces; --no-tile runs one pass a frame)")
     print(f"{'anonymised' if args.blur else 'annotated'} video: {display(video_path)} "
           f"({sink.size[0]}x{sink.size[1]}, {fps:.2f} fps, {frame_count} frames, {fourcc})")
     if args.crops is not None:
@@ -207,12 +215,14 @@ def main() -> int:
     return 130 if stopped.startswith("interrupted") and args.video is not None else 0
 
 
-def print_summary(frame_count: int, faces: int, elapsed: float, seconds: dict[str, float]) -> None:
+def print_summary(frame_count: int, faces: int, elapsed: float, seconds: dict[str, float],
+                  passes: int) -> None:
     """Overall fps beside each stage's own fps: stages overlap, so the slowest one sets the pace."""
     overall = frame_count / elapsed
     model = frame_count / seconds["inference"] if seconds["inference"] else float("inf")
     print(f"summary: {frame_count} frames, {faces} faces ({faces / frame_count:.2f} per frame) "
-          f"in {elapsed:.1f} s: {overall:.1f} fps overall, {model:.1f} fps model only "
+          f"in {elapsed:.1f} s, {passes / frame_count:.2f} model passes per frame: "
+          f"{overall:.1f} fps overall, {model:.1f} fps model only "
           f"({overall / model:.0%} of the model's speed)")
     for label, keys in (("decode", ("decode",)), ("preprocess", ("preprocess",)),
                         ("model", ("inference",)), ("boxes + NMS", ("postprocess",)),

@@ -187,17 +187,35 @@ def add_face_output_arguments(parser: argparse.ArgumentParser, crop_name: str) -
                         help=f"side of the aligned crops in pixels (default {ARCFACE_SIZE})")
 
 
-def add_tile_argument(parser: argparse.ArgumentParser, per: str = "photo") -> None:
-    """--tile [PX]: the whole-photo pass plus tiles at the photo's own resolution."""
+def add_tile_argument(parser: argparse.ArgumentParser, per: str = "photo",
+                      blur: bool = False) -> None:
+    """--tile [PX] (and with blur=True --no-tile, since --blur tiles by default)."""
     parser.add_argument("--tile", nargs="?", type=positive_int, const=TILE_FACE, default=None,
                         metavar="PX",
                         help=f"find small faces too: besides the whole {per} shrunk into the "
                              f"model's input, run tiles of the {per} at its own resolution, each "
                              "the input's size, and merge the faces (more model passes, counted "
-                             f"in the summary; a {per} no larger than the input runs once). PX: "
-                             "faces up to this tall lie whole in at least one tile, which sets "
-                             f"the overlap (default {TILE_FACE}; raised to what the whole-{per} "
-                             "pass needs on large ones)")
+                             f"in the summary; a {per} no larger than the input gets no tiles). "
+                             "PX: faces up to this tall lie whole in at least one tile, which "
+                             f"sets the overlap (default {TILE_FACE}; raised to what the whole-"
+                             f"{per} pass needs on large ones)"
+                             + ("; on by default with --blur" if blur else ""))
+    if blur:
+        parser.add_argument("--no-tile", action="store_true",
+                            help=f"one pass per {per}, also with --blur (faster, misses more "
+                                 "small faces)")
+
+
+def tile_setting(args: argparse.Namespace) -> int | None:
+    """The stated tile face size, or None for one pass: --tile, else on with --blur (where a
+    missed face matters more) unless --no-tile."""
+    if getattr(args, "no_tile", False):
+        if args.tile is not None:
+            raise UserError("give either --tile or --no-tile")
+        return None
+    if args.tile is not None:
+        return args.tile
+    return TILE_FACE if getattr(args, "blur", None) else None
 
 
 def add_detector_arguments(parser: argparse.ArgumentParser, per: str = "image") -> None:

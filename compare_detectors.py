@@ -12,6 +12,7 @@ name); writes compare.md, compare.csv and compare.png.
     python compare_detectors.py --list --image data/friends.jpg   # which peers run here; faces and ms per image
     python compare_detectors.py --settings                     # the peers' input sizes and thresholds (README table)
     python compare_detectors.py --detectors yunet --evaluate --ray  # missing APs evaluated on a Ray cluster
+    python compare_detectors.py --detectors insightface --models models/scrfd500m_480x640_*.tflite --tile
 
 --evaluate first evaluates on WIDER FACE the detectors that have no results.json yet, as
 `make compare` does with evaluate_widerface.py (peers into OUT/<name>, SCRFD exports into
@@ -34,8 +35,8 @@ from scrfdkit.evaluation import EvaluationSettings, require_ray
 from scrfdkit.files import check_output_folder, find_images, read_image
 from scrfdkit.memory_probe import detector_memory
 from scrfdkit.model_grid import GRID_SIZES, expand_models, grid_models
-from scrfdkit.peers import (PEERS, DEFAULT_PEERS_DIR, PEERS_DIR_ENV, available_peers, open_detector,
-                            peers_dir)
+from scrfdkit.peers import (PEERS, DEFAULT_PEERS_DIR, PEERS_DIR_ENV, TILED, available_peers,
+                            open_detector, peers_dir)
 from scrfdkit.speed import csv_rows
 from scrfdkit.tables import markdown_table, write_csv, write_markdown
 from scrfdkit.timing import environment, interleaved_rounds, latency_summary, time_calls
@@ -54,18 +55,20 @@ MB = 1e6
 class Entry:
     """One detector in the comparison: a peer (by name) or an SCRFD model file."""
 
-    kind: str  # "peer" or "scrfd"
+    kind: str  # "peer", "scrfd" or "scrfd-tiled" (peers.TILED)
     name_or_path: str  # peer name or model path
     detector: object = None
     seconds: list[float] = field(default_factory=list)
 
     @property
     def label(self) -> str:
-        return self.name_or_path if self.kind == "peer" else Path(self.name_or_path).stem
+        if self.kind == "peer":
+            return self.name_or_path
+        return Path(self.name_or_path).stem + (" tiled" if self.kind == TILED else "")
 
     def files(self) -> list[Path]:
         """What the detector loads from disk (its size is the model size)."""
-        if self.kind == "scrfd":
+        if self.kind != "peer":
             return [Path(self.name_or_path)]
         return [Path(self.detector.model_path)] if getattr(self.detector, "model_path", None) else []
 
@@ -108,6 +111,11 @@ def parse_args() -> argparse.Namespace:
                              "one; 'local' always a new one here); the timing still runs here, "
                              "the detectors interleaved round by round, once the evaluations are "
                              "done: latencies taken on different machines could not be compared")
+    parser.add_argument("--tile", action="store_true",
+                        help="also run every SCRFD model tiled (rows '<model> tiled': the "
+                             "letterbox pass plus tiles at the photo's resolution, scrfd.py "
+                             "--tile), timed in the same rounds; its AP from a tiled "
+                             "evaluate_widerface.py --tile run")
     add_wider_arguments(parser, default=DEFAULT_WIDER, verb="--evaluate")
     parser.add_argument("--list", action="store_true",
                         help="only list the peers and whether they run here (with --image: faces "
@@ -142,8 +150,10 @@ def choose_photos(image: Path | None) -> list[tuple[Path, np.ndarray]]:
     return photos
 
 
-def open_entries(names: list[str], models: list[Path], threads: int, peers_dir: Path | None) -> list[Entry]:
-    entries = [Entry("peer", n) for n in names] + [Entry("scrfd", str(m)) for m in models]
+def open_entries(names: list[str], models: list[Path], threads: int, peers_dir: Path | None,
+                 tile: bool = False) -> list[Entry]:
+    entries = [Entry("peer", n) for n in names] + [Entry("scrfd", str(m)) for m in models] + [
+        Entry(TILED, str(m)) for m in models if tile]
     live = []
     for entry in entries:
         try:
@@ -176,8 +186,9 @@ def entry_row(entry: Entry, threads: int, results: dict[str, dict]) -> dict:
     hw = getattr(det, "input_hw", None)
     latency = latency_summary([entry.seconds])
     row = {"detector": entry.label, "kind": entry.kind,
-           "input": f"{hw[0]}x{hw[1]}" if hw else "image size",
-           "precision": det.runner.precision if entry.kind == "scrfd" else PEERS[entry.name_or_path].description,
+           "input": (f"{hw[0]}x{hw[1]}" + (" + tiles" if entry.kind == TILED else "")) if hw
+           else "image size",
+           "precision": det.runner.precision if entry.kind != "peer" else PEERS[entry.name_or_path].description,
            "score_threshold": det.score_threshold, "nms_threshold": det.nms_threshold,
            "threads": threads, "median_ms": latency["median_ms"], "p90_ms": latency["p90_ms"],
            "size_mb": sum(f.stat().st_size for f in files if f.is_file()) / MB if files else None}
@@ -245,7 +256,7 @@ def main() -> int:
     repeat = args.repeat or DEFAULT_REPEAT
     env = environment()
 
-    live = open_entries(names, models, args.threads, args.peers_dir)
+    live = open_entries(names, models, args.threads, args.peers_dir, args.tile)
     evaluated = []
     if args.evaluate or args.ray is not None:
         settings = EvaluationSettings(args.wider, args.images_list, "rough", threads=args.threads,

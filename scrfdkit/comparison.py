@@ -4,16 +4,19 @@ AP, the markdown table and the chart (compare_detectors.py)."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from .cli import DEFAULT_INPUT_HW
+from .cli import DEFAULT_INPUT_HW, TILE_FACE
 from .evaluation import Evaluation, EvaluationSettings, evaluate_all, grid_evaluations
 from .files import sha256_of
 from .memory_probe import DETECT_RSS_RUNS
+from .peers import TILED
 from .speed import dash
 from .tables import markdown_table, pyplot, save_figure
 from .widerface import find_results
 
+TILED_KEY = "+tiled"  # eval_index's key of a tiled run: the model's sha256 and this
 ROUGH_KEY = ("rough-iou", "32px")  # the rough-protocol AP the comparison table shows
 ZOOM = ((50.0, 135.0), (66.5, 78.0))  # chart's right panel: latency ms, Hard AP (the 640-class corner)
 
@@ -25,7 +28,10 @@ def eval_index(*patterns: str) -> dict[str, dict]:
     found = {r["file"]: r for pattern in patterns for r in find_results(pattern)}
     for result in found.values():
         model = result.get("model") or {}
-        for key in (model.get("sha256"), model.get("name")):
+        keys = (model.get("sha256"), model.get("name"))
+        if (result.get("settings") or {}).get("tile_face"):  # a tiled run: its own key
+            keys = (model.get("sha256") and model["sha256"] + TILED_KEY,)
+        for key in keys:
             old = index.get(key)  # prefer a run that also scored the rough protocols
             if key and (old is None or (not old.get("rough") and result.get("rough"))):
                 index[key] = result
@@ -34,8 +40,10 @@ def eval_index(*patterns: str) -> dict[str, dict]:
 
 def result_key(kind: str, name_or_path: str) -> str:
     """What eval_index() knows a detector's results by: an SCRFD model file ("scrfd") by its
-    sha256, a peer ("peer") by its name."""
-    return sha256_of(name_or_path) if kind == "scrfd" else name_or_path
+    sha256 (+tiled for "scrfd-tiled"), a peer ("peer") by its name."""
+    if kind == "peer":
+        return name_or_path
+    return sha256_of(name_or_path) + (TILED_KEY if kind == TILED else "")
 
 
 def evaluate_missing(detectors: list[tuple[str, str]], known: dict[str, dict],
@@ -44,19 +52,25 @@ def evaluate_missing(detectors: list[tuple[str, str]], known: dict[str, dict],
     `known` lacks, into the folders `make compare` gives them (peers OUT/<name>, SCRFD models
     OUT/scrfd/<model>_<H>x<W>), here or as Ray tasks. Returns those folders; an evaluation that
     fails is noted and left out of the table."""
-    evaluations = []
+    evaluations, tiled = [], []
     for kind, name_or_path in detectors:
         if result_key(kind, name_or_path) in known:
             continue
         if kind == "peer":
             evaluations.append(Evaluation(name_or_path, None, out / name_or_path))
+        elif kind == TILED:
+            tiled += grid_evaluations([Path(name_or_path)], [], DEFAULT_INPUT_HW, out / "scrfd",
+                                      TILE_FACE)
         else:
             evaluations += grid_evaluations([Path(name_or_path)], [], DEFAULT_INPUT_HW, out / "scrfd")
-    if evaluations:
-        print(f"\nevaluating {len(evaluations)} detector(s) on WIDER FACE val"
+    if evaluations or tiled:
+        print(f"\nevaluating {len(evaluations) + len(tiled)} detector(s) on WIDER FACE val"
               + (" as Ray tasks" if ray_address is not None else ""))
-        evaluate_all(evaluations, settings, ray_address, keep_going=True)
-    return [str(evaluation.out) for evaluation in evaluations]
+    for batch, batch_settings in ((evaluations, settings),
+                                  (tiled, replace(settings, tile_face=TILE_FACE))):
+        if batch:
+            evaluate_all(batch, batch_settings, ray_address, keep_going=True)
+    return [str(evaluation.out) for evaluation in evaluations + tiled]
 
 
 def mark_pareto(rows: list[dict]) -> None:
@@ -99,7 +113,7 @@ def plot_comparison(rows: list[dict], out: Path) -> Path:
     detectors as red squares, the Pareto front as a step line."""
     plt = pyplot()
     markers = {"float32": "o", "float16": "^", "int8": "D"}
-    families = sorted({r["detector"].split("_")[0] for r in rows if r["kind"] == "scrfd"})
+    families = sorted({r["detector"].split("_")[0] for r in rows if r["kind"] != "peer"})
     colours = {family: f"C{i}" for i, family in enumerate(families)}
     front = sorted((r for r in rows if r.get("pareto")), key=lambda r: r["median_ms"])
     (x0, x1), (y0, y1) = ZOOM
@@ -107,12 +121,13 @@ def plot_comparison(rows: list[dict], out: Path) -> Path:
     for ax, zoomed in zip(axes, (False, True)):
         shown = [r for r in rows if not zoomed or (x0 <= r["median_ms"] <= x1 and y0 <= r["hard"] <= y1)]
         for index, row in enumerate(sorted(shown, key=lambda r: (r["hard"], r["median_ms"]))):
-            scrfd = row["kind"] == "scrfd"
+            scrfd = row["kind"] != "peer"
             ax.scatter(row["median_ms"], row["hard"], zorder=3, s=34,
-                       marker=markers.get(row["precision"], "o") if scrfd else "s",
+                       marker=("*" if row["kind"] == TILED else markers.get(row["precision"], "o"))
+                       if scrfd else "s",
                        color=colours[row["detector"].split("_")[0]] if scrfd else "tab:red")
             inside = x0 <= row["median_ms"] <= x1 and y0 <= row["hard"] <= y1
-            if zoomed or not scrfd and not inside or row.get("pareto") and not inside:
+            if zoomed or (not scrfd or row.get("pareto") or row["kind"] == TILED) and not inside:
                 label = (row["detector"].replace("scrfd", "").replace("_float", " f")
                          .replace("_int8", " int8").replace("_", " ") if scrfd else row["detector"])
                 ax.annotate(label, (row["median_ms"], row["hard"]), fontsize=7,
@@ -129,7 +144,8 @@ def plot_comparison(rows: list[dict], out: Path) -> Path:
     axes[0].set_title("all detectors")
     axes[1].set_title("zoom: the dashed box")
     for family, colour in colours.items():
-        axes[0].scatter([], [], color=colour, marker="o", label=f"{family}: o float32, ^ float16, D int8")
+        axes[0].scatter([], [], color=colour, marker="o",
+                        label=f"{family}: o float32, ^ float16, D int8, * tiled")
     axes[0].scatter([], [], color="tab:red", marker="s", label="other detectors")
     axes[0].legend(loc="lower right", fontsize=8)
     fig.suptitle("Face detectors on this CPU: speed against WIDER FACE Hard AP")

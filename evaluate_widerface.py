@@ -10,6 +10,7 @@ error analysis, and a metrics grid over models and input sizes.
     python evaluate_widerface.py --grid --model a.onnx --model b.onnx --size 640,640 --size 128,160
     python evaluate_widerface.py --grid --model a.tflite --model b.tflite --ray   # on a Ray cluster
     python evaluate_widerface.py --model m.tflite --tile     # + tiles at the photo's resolution
+    python evaluate_widerface.py --model m.tflite --closeup  # recall on faces filling the frame
 
 Inference follows the SCRFD paper's "VGA" protocol (letterbox into 640x640, score threshold
 0.02, NMS IoU 0.45) and writes one prediction file per image in the official format, so the
@@ -28,7 +29,8 @@ import os
 from pathlib import Path
 
 from scrfdkit.cli import (DEFAULT_INPUT_HW, EVAL_NMS_THRESHOLD, EVAL_SCORE_THRESHOLD, RESULTS_DIR,
-                          SCORE_THRESHOLD, UserError, add_tile_argument, cli, parse_hw)
+                          SCORE_THRESHOLD, TILE_FACE, UserError, add_tile_argument, cli, parse_hw)
+from scrfdkit.closeup import CLOSEUP_BUCKETS, closeup_protocol
 from scrfdkit.evaluation import (TASK_LOG, EvaluationSettings, evaluate, evaluate_all,
                                  grid_evaluations, require_ray, run_name)
 from scrfdkit.model_files import family_of, fixed_input_hw
@@ -113,6 +115,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "positives are taken there (default %(default)s, scrfd.py's photo "
                              "threshold; its --blur threshold shows what anonymising misses)")
     add_tile_argument(parser)
+    parser.add_argument("--closeup", action="store_true",
+                        help="only the close-up rough protocol: crops of the WIDER val photos "
+                             "around one clear face filling "
+                             + ", ".join(f"{lo:.0%}-{hi:.0%}" for lo, hi in CLOSEUP_BUCKETS)
+                             + " of the frame height; recall of --model single-pass and tiled "
+                             "at --operating-score, into OUT/closeup.md and closeup.json")
     parser.add_argument("--grid", action="store_true",
                         help="evaluate every --model at every --size and write OUT/metrics.md "
                              "and metrics.csv")
@@ -167,6 +175,10 @@ def check_options(args: argparse.Namespace) -> None:
             raise UserError("give --model (or --predictions), or --analyze --out a finished run")
     if args.size and not args.model:
         raise UserError("--size applies to --model files only")
+    if args.closeup and (len(args.model) != 1 or args.grid or args.predictions or args.detector
+                         or args.analyze or args.protocol):
+        raise UserError("--closeup evaluates one --model (single-pass and tiled); it takes no "
+                        "--grid, --predictions, --detector, --analyze or --protocol")
     if args.tile and not args.model:
         raise UserError("--tile applies to --model files (SCRFD), not to --detector or "
                         "--predictions")
@@ -205,13 +217,21 @@ def main() -> None:
     else:
         out = args.out or DEFAULT_OUT / (run_name(model, size, args.tile) if model
                                          else args.predictions.resolve().name)
+    if args.closeup:
+        out = args.out or DEFAULT_OUT / f"{run_name(model, size)}_closeup"
     check_out(out, args)
     settings = EvaluationSettings(
         args.wider, args.images_list, args.protocol, args.predictions, args.analyze,
         args.operating_score, args.score_threshold, args.nms_threshold,
         threads=args.threads or (1 if args.ray is not None else os.cpu_count() or 1),
         tile_face=args.tile)
-    if args.grid:
+    if args.closeup:
+        lines = closeup_protocol(model, size, args.wider or DEFAULT_WIDER, args.images_list, out,
+                                 args.operating_score, args.tile or TILE_FACE, settings.threads)
+        print()
+        print_markdown(lines[:lines.index("")])
+        print("\n" + lines[-1] + f"\n\nwrote {out / 'closeup.md'} and {out / 'closeup.json'}")
+    elif args.grid:
         run_grid(args, settings, out)
     else:
         evaluate(settings, model or args.detector, size, out)

@@ -40,6 +40,8 @@ class SCRFD:
         self.max_faces = max_faces
         self.runner = open_runner(model_path, input_hw, threads, **(runner_options or {}))
         self.input_hw = self.runner.input_hw
+        table = getattr(self.runner, "pixel_table", None)
+        self._pixel_table = table() if table else None  # tiles of a quantized model
         self.profile = Profile()
 
     @property
@@ -60,7 +62,7 @@ class SCRFD:
         with self.profile("preprocess"):
             if self.tile if tile is None else tile:
                 return prepare_tiled(image_bgr, self.input_hw, self.runner.layout,
-                                     self.tile_face)
+                                     self.tile_face, self._pixel_table)
             return preprocess(image_bgr, self.input_hw, self.runner.layout)
 
     def detect_prepared(self, prepared: tuple[np.ndarray, float] | TiledInput) -> Detections:

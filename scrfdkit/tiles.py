@@ -127,16 +127,19 @@ class TiledInput:
     photo itself for a close-up pass."""
 
     whole: tuple[np.ndarray, float]  # (model input, letterbox scale), as decode.preprocess
-    rgb: np.ndarray  # (>= tile_h, >= tile_w, 3) uint8; empty without tiles
-    plan: TilePlan
+    rgb: np.ndarray  # (>= tile_h, >= tile_w, 3): uint8 RGB, or the quantized input; empty
+    plan: TilePlan  # without tiles
     image: np.ndarray  # the BGR photo (not a copy)
+    quantized: bool = False  # rgb holds the model's int8/uint8 input values already
 
 
 def prepare_tiled(image_bgr: np.ndarray, input_hw: tuple[int, int], layout: str,
-                  face: int = TILE_FACE) -> TiledInput:
-    """The whole-photo input and the RGB photo the tiles are cut from, in two OpenCV passes;
-    each tile is normalised straight from it when it runs (tile_tensor), so a prepared photo
-    holds one copy of the photo, not one float tensor per tile."""
+                  face: int = TILE_FACE, pixel_table: np.ndarray | None = None) -> TiledInput:
+    """The whole-photo input and the photo the tiles are cut from, each in one or two
+    OpenCV passes. A float model's tiles are normalised from the RGB photo when they run
+    (tile_tensor); a quantized model's photo is quantized here once, through the runner's
+    pixel_table, so a tile is a copy. Either way a prepared photo holds one photo-sized
+    array, not one tensor per tile."""
     plan = plan_tiles(image_bgr.shape[:2], input_hw, face)
     whole = preprocess(image_bgr, input_hw, layout)
     if not len(plan):
@@ -145,17 +148,23 @@ def prepare_tiled(image_bgr: np.ndarray, input_hw: tuple[int, int], layout: str,
     pad_h, pad_w = max(0, input_hw[0] - rgb.shape[0]), max(0, input_hw[1] - rgb.shape[1])
     if pad_h or pad_w:  # bottom/right zeros, as the letterbox pads
         rgb = cv2.copyMakeBorder(rgb, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=0)
+    if pixel_table is not None:
+        return TiledInput(whole, cv2.LUT(rgb, pixel_table), plan, image_bgr, quantized=True)
     return TiledInput(whole, rgb, plan, image_bgr)
 
 
-def tile_tensor(rgb: np.ndarray, x: int, y: int, input_hw: tuple[int, int], layout: str
+def tile_tensor(prepared: TiledInput, x: int, y: int, input_hw: tuple[int, int], layout: str
                 ) -> np.ndarray:
-    """One tile as the model's input: (pixel - 127.5) / 128 in one OpenCV pass over the
-    photo's pixels (the same float32 values decode.normalize gives: every step is exact)."""
-    tile = rgb[y: y + input_hw[0], x: x + input_hw[1]]
-    tensor = cv2.addWeighted(tile, 1.0 / INPUT_STD, tile, 0.0, -INPUT_MEAN / INPUT_STD,
-                             dtype=cv2.CV_32F)
-    return (tensor.transpose(2, 0, 1) if layout == "NCHW" else tensor)[None]
+    """One tile as the model's input: a quantized photo's pixels copied, or (pixel - 127.5)
+    / 128 in one OpenCV pass (the same float32 values decode.normalize gives: every step is
+    exact)."""
+    tile = prepared.rgb[y: y + input_hw[0], x: x + input_hw[1]]
+    if prepared.quantized:
+        tensor = tile
+    else:
+        tensor = cv2.addWeighted(tile, 1.0 / INPUT_STD, tile, 0.0, -INPUT_MEAN / INPUT_STD,
+                                 dtype=cv2.CV_32F)
+    return np.ascontiguousarray(tensor.transpose(2, 0, 1) if layout == "NCHW" else tensor)[None]
 
 
 def shrunk_input(image_bgr: np.ndarray, input_hw: tuple[int, int], layout: str, factor: float
@@ -237,7 +246,8 @@ def _run_tiled(runner, prepared: TiledInput, score_threshold: float, nms_thresho
     plan, scale = prepared.plan, prepared.whole[1]
     with profile("inference"):
         whole_raw = runner.run(prepared.whole[0])
-        raws = [runner.run(tile_tensor(prepared.rgb, int(x), int(y), input_hw, layout))
+        quantized = {"quantized": True} if prepared.quantized else {}
+        raws = [runner.run(tile_tensor(prepared, int(x), int(y), input_hw, layout), **quantized)
                 for x, y in plan.origins]
     with profile("postprocess"):
         whole = decode(whole_raw, input_hw, anchors, min(score_threshold, CLOSEUP_TRIGGER_SCORE))

@@ -321,3 +321,16 @@ def test_scrfd_py_tiles_on_request_and_with_blur_by_default(det500m_onnx, tmp_pa
         "scrfd.py", *args, "--blur", "--out", tmp_path / "b").stdout
     both = run_script("scrfd.py", *args, "--tile", "--no-tile", check=False)
     assert both.returncode == 2 and both.stderr.strip() == "error: give either --tile or --no-tile"
+
+
+def test_an_int8_model_quantizes_the_photo_once_with_the_same_bytes(tflite_int8, wider_faces):
+    """Tiles of an int8 model come from the photo quantized once through the runner's
+    pixel table: the detections equal those of tiles normalised and quantized one by one."""
+    detector = SCRFD(tflite_int8, score_threshold=0.3, threads=1, tile=True)
+    photo = wider_faces[0][1]
+    once = detector.detect(photo)
+    assert detector.prepare(photo).quantized
+    detector._pixel_table = None  # every tile normalised, then quantized by run()
+    each = detector.detect(photo)
+    assert not detector.prepare(photo).quantized and len(once) > 0
+    assert np.array_equal(once.boxes, each.boxes) and np.array_equal(once.scores, each.scores)

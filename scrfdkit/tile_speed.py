@@ -40,10 +40,10 @@ class TimedRunner:
     def __getattr__(self, name: str):
         return getattr(self._runner, name)
 
-    def run(self, tensor: np.ndarray):
+    def run(self, tensor: np.ndarray, **options):
         start = time.perf_counter()
         try:
-            return self._runner.run(tensor)
+            return self._runner.run(tensor, **options)
         finally:
             self.seconds += time.perf_counter() - start
             self.calls += 1

@@ -182,9 +182,10 @@ def decode_tiles(raws: list[RawOutputs], plan: TilePlan, anchors: int, score_thr
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Every tile's raw outputs at once -> candidates in photo pixels, half faces dropped.
 
-    The tiles' outputs are stacked per stride, so the work is a few numpy calls whatever
-    the number of tiles. A candidate within BORDER_MARGIN of an inner edge of its tile is
-    dropped: it may be cut, and the plan keeps the whole face in another pass.
+    Scores are stacked per stride and thresholded at once; boxes and landmarks are copied
+    for the candidates only (stacking every tile's would copy megabytes per photo). A
+    candidate within BORDER_MARGIN of an inner edge of its tile is dropped: it may be cut,
+    and the plan keeps the whole face in another pass.
     """
     tile_h, tile_w = plan.tile_hw
     boxes, scores, points, owner = [], [], [], []
@@ -193,12 +194,13 @@ def decode_tiles(raws: list[RawOutputs], plan: TilePlan, anchors: int, score_thr
         score = np.stack([raw[stride]["score"] for raw in raws])  # (tiles, anchors)
         tile, anchor = np.nonzero(score >= score_threshold)
         centers = anchor_centers(tile_h, tile_w, stride, anchors)[anchor]
-        distances = np.stack([raw[stride]["bbox"] for raw in raws])[tile, anchor]
+        bounds = np.searchsorted(tile, np.arange(len(raws) + 1)).tolist()  # rows per tile
+        distances = _gather([raw[stride]["bbox"] for raw in raws], anchor, bounds)
         boxes.append(distance2bbox(centers, distances * stride))
         scores.append(score[tile, anchor])
         owner.append(tile)
         if with_kps:
-            offsets = np.stack([raw[stride]["kps"] for raw in raws])[tile, anchor]
+            offsets = _gather([raw[stride]["kps"] for raw in raws], anchor, bounds)
             points.append(distance2kps(centers, offsets * stride))
     box = np.concatenate(boxes).astype(np.float32)
     tile = np.concatenate(owner)
@@ -213,6 +215,12 @@ def decode_tiles(raws: list[RawOutputs], plan: TilePlan, anchors: int, score_thr
     if with_kps:
         landmarks = np.concatenate(points).astype(np.float32)[whole] + offset[:, None, :]
     return box, np.concatenate(scores).astype(np.float32)[whole], landmarks
+
+
+def _gather(arrays: list[np.ndarray], rows: np.ndarray, bounds: list[int]) -> np.ndarray:
+    """arrays[t][rows[i]] for the i in bounds[t]:bounds[t + 1], concatenated over t."""
+    parts = [array[rows[lo:hi]] for array, lo, hi in zip(arrays, bounds, bounds[1:]) if hi > lo]
+    return np.concatenate(parts) if parts else np.zeros((0, arrays[0].shape[-1]), np.float32)
 
 
 Candidates = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]  # boxes, scores, landmarks

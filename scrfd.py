@@ -45,6 +45,7 @@ from scrfdkit.files import (StagedOutputs, check_output_file, check_output_folde
 from scrfdkit.photos import (JSON_NAME, WRITE_ERRORS, PhotoOutputs, error_line, image_format,
                              output_paths, save_photo, write_error)
 from scrfdkit.pipeline import WriteBehind, read_ahead
+from scrfdkit.tiles import largest_tile_face
 from scrfdkit.timing import Profile
 
 PROGRESS_FROM = 4  # a progress bar from this many images on; one line per image below it
@@ -207,7 +208,8 @@ def main() -> int:
         raise UserError(f"--crops needs landmarks, and {display(model_path)} has none")
     print(f"model {display(model_path)}: {detector.runner.backend}, input "
           f"{detector.input_hw[0]}x{detector.input_hw[1]}, score >= {detector.score_threshold:g}"
-          + (f", tiled (faces up to {tile} px whole in a tile)" if tile else "")
+          + (f", tiled (faces up to {min(tile, largest_tile_face(detector.input_hw))} px whole "
+             "in a tile)" if tile else "")
           + f"; {len(images)} image(s)")
     settings = PhotoOutputs(args.out, args.blur, args.crops, args.crop_size)
     verbose = args.verbose or len(images) < PROGRESS_FROM

@@ -37,6 +37,7 @@ from scrfdkit.faces import aligned_crops, anonymize
 from scrfdkit.files import StagedOutputs, check_output_file, check_output_folder, same_file
 from scrfdkit.photos import encode
 from scrfdkit.pipeline import WriteBehind, read_ahead
+from scrfdkit.tiles import largest_tile_face
 from scrfdkit.timing import Profile
 from scrfdkit.video import VIDEO_SUFFIXES, VideoSink, fourcc_for, frames, open_capture
 
@@ -126,7 +127,8 @@ def main() -> int:
     source = display(args.video) if args.video is not None else f"webcam {args.webcam}"
     print(f"model {display(model_path)}: {detector.runner.backend}, input "
           f"{detector.input_hw[0]}x{detector.input_hw[1]}, score >= {detector.score_threshold:g}"
-          + (f", tiled (faces up to {tile} px whole in a tile)" if tile else "")
+          + (f", tiled (faces up to {min(tile, largest_tile_face(detector.input_hw))} px whole "
+             "in a tile)" if tile else "")
           + f"; source {source}: {total or 'unknown number of'} frames at {fps:.2f} fps")
 
     profile = Profile()

@@ -101,6 +101,11 @@ def whole_pass_scale(image_hw: tuple[int, int], input_hw: tuple[int, int]) -> fl
     return min(input_hw[0] / image_hw[0], input_hw[1] / image_hw[1])
 
 
+def largest_tile_face(input_hw: tuple[int, int]) -> int:
+    """The largest face size a plan keeps whole: tiles still advance by half a tile."""
+    return min(input_hw) // 2 - 2 * BORDER_MARGIN
+
+
 def plan_tiles(image_hw: tuple[int, int], input_hw: tuple[int, int], face: int = TILE_FACE
                ) -> TilePlan:
     """The tiles of a photo for a model of input_hw, keeping faces up to `face` px whole.
@@ -113,8 +118,7 @@ def plan_tiles(image_hw: tuple[int, int], input_hw: tuple[int, int], face: int =
     if height <= tile_h and width <= tile_w:
         return TilePlan((height, width), (tile_h, tile_w), 0)
     needed = math.ceil(WHOLE_PASS_MIN_FACE / whole_pass_scale((height, width), input_hw))
-    largest = min(tile_h, tile_w) // 2 - 2 * BORDER_MARGIN
-    face = max(1, min(max(int(face), needed), largest))
+    face = max(1, min(max(int(face), needed), largest_tile_face(input_hw)))
     overlap = face + 2 * BORDER_MARGIN
     return TilePlan((height, width), (tile_h, tile_w), face,
                     axis_origins(height, tile_h, overlap), axis_origins(width, tile_w, overlap))

@@ -188,8 +188,8 @@ def run_tile_timing(args: argparse.Namespace) -> int:
     images = [image for _, image in photos]
     env = environment()
     threads = args.threads[0]
-    print(f"CPU: {env['cpu']}, {env['logical_cores']} logical cores, load average "
-          f"{env['load_average']}; timing {len(models)} model(s) single-pass and tiled on "
+    print(f"CPU: {env['cpu']} ({env['int8_support']}), {env['logical_cores']} logical cores, "
+          f"load average {env['load_average']}; timing {len(models)} model(s) single-pass and tiled on "
           f"{len(photos)} photo(s), {threads} thread(s), {args.repeat} interleaved rounds")
     timings = time_tiles(models, images, threads, args.repeat, args.tile)
     rows = tile_rows(timings, images, args.tile)

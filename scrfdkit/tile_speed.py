@@ -150,8 +150,9 @@ def tile_table(rows: list[dict], env: dict, photos: list[Path], threads: int, re
               "Model ms / pass", "Outside the model ms / photo", "Tile px / photo px",
               "Tiled / single"]
     return markdown_table(header, body, left=3, text=[4]) + [
-        "", f"Measured {time.strftime('%Y-%m-%d')} on {env['cpu']} ({env['logical_cores']} "
-            f"logical cores; load average {env['load_average']} at the start), {threads} "
+        "", f"Measured {time.strftime('%Y-%m-%d')} on {env['cpu']} ({env.get('int8_support')}; "
+            f"{env['logical_cores']} logical cores; load average {env['load_average']} at the "
+            f"start), {threads} "
             f"thread(s): detect() on {len(photos)} photo(s) ({', '.join(p.name for p in photos[:2])}"
             f"{', ...' if len(photos) > 2 else ''}) at the photo score 0.5, {repeat} rounds, "
             "every model and mode interleaved; ms / photo is the median over the rounds of a "

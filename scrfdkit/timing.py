@@ -126,6 +126,23 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_int8_support() -> str:
+    """The CPU's vector extensions that int8 kernels use, from /proc/cpuinfo: 'AVX2, AVX-512,
+    AVX-512 VNNI' and the like ('unknown' where the flags cannot be read)."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in
+                      Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), None)
+    except OSError:
+        flags = None
+    if flags is None:
+        return "unknown"
+    named = [("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_vnni", "AVX-512 VNNI"),
+             ("avx_vnni", "AVX-VNNI")]
+    found = [name for flag, name in named if flag in flags]
+    return ", ".join(found) + ("" if any("VNNI" in n for n in found) else " (no VNNI)") \
+        if found else "no AVX2"
+
+
 def environment() -> dict:
     """What a timing means nothing without: CPU, cores, load, library versions."""
     import psutil
@@ -134,7 +151,7 @@ def environment() -> dict:
         ("numpy", "numpy"), ("opencv", "opencv-python"), ("onnxruntime", "onnxruntime"),
         ("onnxruntime-gpu", "onnxruntime-gpu"), ("ai-edge-litert", "ai-edge-litert"),
         ("onnx", "onnx"))}
-    return {"cpu": cpu_name(), "logical_cores": os.cpu_count(),
+    return {"cpu": cpu_name(), "int8_support": cpu_int8_support(), "logical_cores": os.cpu_count(),
             "physical_cores": psutil.cpu_count(logical=False),
             "load_average": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
             "platform": platform.platform(), "python": platform.python_version(),

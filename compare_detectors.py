@@ -290,7 +290,8 @@ def main() -> int:
     missing = [r["detector"] for r in rows if r.get("hard") is None]
     if missing:
         print(f"no evaluation results in {args.eval_results} for: {', '.join(missing)} (evaluate "
-              "them with evaluate_widerface.py --detector NAME / --model M --protocol rough)")
+              "them with evaluate_widerface.py --detector NAME / --model M --protocol rough, adding "
+              "--tile for a tiled row)")
     return 0
 
 

@@ -147,7 +147,7 @@ def plot_comparison(rows: list[dict], out: Path) -> Path:
         axes[0].scatter([], [], color=colour, marker="o",
                         label=f"{family}: o float32, ^ float16, D int8, * tiled")
     axes[0].scatter([], [], color="tab:red", marker="s", label="other detectors")
-    axes[0].legend(loc="lower right", fontsize=8)
+    axes[0].legend(loc="best", fontsize=8)
     fig.suptitle("Face detectors on this CPU: speed against WIDER FACE Hard AP")
     fig.tight_layout()
     return save_figure(fig, out)

@@ -17,6 +17,7 @@ the crops the same in every run, so models and modes compare on the same frames.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,7 +95,8 @@ def run_closeups(detector, modes: dict[str, bool], gt: GroundTruth, keys: list[s
                  paths: dict[str, Path], per_bucket: int = CLOSEUP_PER_BUCKET,
                  seed: int = CLOSEUP_SEED) -> dict:
     """The detector's best matching score on the same crops in every mode (name: tile or
-    not): {"crops": [...], "scores": {mode: [...]}, "passes": {mode: model runs}}."""
+    not): {"crops": [...], "scores": {mode: [...]}, "passes": {mode: model runs},
+    "skipped": [photos that could not be read]}."""
     rng = np.random.default_rng(seed)
     faces = closeup_faces(gt, keys)
     if not faces:
@@ -102,12 +104,18 @@ def run_closeups(detector, modes: dict[str, bool], gt: GroundTruth, keys: list[s
     crops: list[CloseUp] = []
     scores: dict[str, list[float]] = {mode: [] for mode in modes}
     passes = dict.fromkeys(modes, 0)
+    skipped: set[str] = set()
     wanted = [per_bucket] * len(CLOSEUP_BUCKETS)
     for face_index in rng.permutation(len(faces)):
         if not any(wanted):
             break
         key, index = faces[face_index]
-        image = read_image(paths[key])
+        try:
+            image = read_image(paths[key])
+        except UserError as err:  # a damaged photo costs its faces, not the run
+            print(f"warning: skipped: {err}", file=sys.stderr)
+            skipped.add(key)
+            continue
         for bucket, (low, high) in enumerate(CLOSEUP_BUCKETS):
             box = gt.boxes[key][index]
             crop = place_crop(box, image.shape[:2], rng.uniform(low, high), rng) \
@@ -122,7 +130,9 @@ def run_closeups(detector, modes: dict[str, bool], gt: GroundTruth, keys: list[s
             for mode, tile in modes.items():
                 scores[mode].append(best_score(detector.detect(frame, tile=tile), face))
                 passes[mode] += detector.passes
-    return {"crops": crops, "scores": scores, "passes": passes}
+    if not crops:
+        raise UserError("no close-up crop could be made from the images evaluated")
+    return {"crops": crops, "scores": scores, "passes": passes, "skipped": sorted(skipped)}
 
 
 def closeup_rows(run: dict, operating_score: float) -> list[dict]:
@@ -183,12 +193,14 @@ def closeup_protocol(model: Path, size: tuple[int, int] | None, wider: Path,
             f"{NMS_THRESHOLD:g}); median score: of the best matching detection (0 when none). "
             "Model passes per crop: " + ", ".join(f"{m} {p:.2f}" for m, p in passes.items())
             + f" (tiled: faces up to {tile_face} px whole in a tile; crops no larger than the "
-            "input get no tiles, and a close-up pass runs when a face may fill half the input)."]
+            "input get no tiles, and a close-up pass runs when a face may fill half the input)."
+            + (f" {len(run['skipped'])} unreadable photo(s) skipped." if run["skipped"] else "")]
     out.mkdir(parents=True, exist_ok=True)
     write_markdown(out / "closeup.md", [f"# Close-up recall: {model.name}", ""] + lines)
     with atomic_write(out / "closeup.json") as handle:
         json.dump({"model": str(model), "input_size": list(hw), "operating_score": operating_score,
                    "tile_face": tile_face, "rows": rows, "passes_per_crop": passes,
+                   "skipped_images": run["skipped"],
                    "seconds": round(time.perf_counter() - started, 1),
                    "crops": [{"image": c.key, "bucket": c.bucket, "crop": list(c.crop),
                               "face": list(c.face), **{m: run["scores"][m][i] for m in modes}}

@@ -17,7 +17,8 @@ import pytest
 
 from conftest import WIDER, run_script
 from scrfdkit import SCRFD
-from scrfdkit.closeup import CLOSEUP_BUCKETS, closeup_faces, place_crop
+from scrfdkit.closeup import (CLOSEUP_BUCKETS, CLOSEUP_SEED, closeup_faces, closeup_rows,
+                              place_crop, run_closeups)
 from scrfdkit.files import read_image
 from scrfdkit.decode import STRIDES
 from scrfdkit.tiles import (BORDER_MARGIN, CLOSEUP_SHRINK, WHOLE_PASS_MIN_FACE, decode_tiles,
@@ -334,3 +335,27 @@ def test_an_int8_model_quantizes_the_photo_once_with_the_same_bytes(tflite_int8,
     each = detector.detect(photo)
     assert not detector.prepare(photo).quantized and len(once) > 0
     assert np.array_equal(once.boxes, each.boxes) and np.array_equal(once.scores, each.scores)
+
+
+def test_the_close_up_protocol_goes_on_past_an_unreadable_photo(detector, wider_dir, tmp_path):
+    gt = load_ground_truth(wider_dir)
+    keys, paths = select_images(gt, wider_dir / "dev_images.txt", need_files=True)
+    faces = closeup_faces(gt, keys)
+    rng_order = np.random.default_rng(CLOSEUP_SEED).permutation(len(faces))
+    broken_key = faces[rng_order[0]][0]  # the first face the protocol will try
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    paths = {**paths, broken_key: tmp_path / "broken.jpg"}
+    run = run_closeups(detector, {"single pass": False, "tiled": True}, gt, keys, paths,
+                       per_bucket=2)
+    assert run["skipped"] == [broken_key]
+    assert len(run["crops"]) == 2 * len(CLOSEUP_BUCKETS)
+    assert all(crop.key != broken_key for crop in run["crops"])
+    for crop in run["crops"]:  # the face inside its frame, at its bucket's share of the height
+        x0, y0, x1, y1 = crop.crop
+        fx1, fy1, fx2, fy2 = crop.face
+        low, high = CLOSEUP_BUCKETS[crop.bucket]
+        assert 0 <= fx1 < fx2 <= x1 - x0 and 0 <= fy1 < fy2 <= y1 - y0
+        assert low - 0.01 <= (fy2 - fy1) / (y1 - y0) <= high + 0.01
+    rows = closeup_rows(run, 0.5)
+    assert [r["crops"] for r in rows] == [2, 2, 2]
+    assert all(0 <= r[mode]["recall"] <= 1 for r in rows for mode in ("single pass", "tiled"))

@@ -12,6 +12,7 @@ name); writes compare.md, compare.csv and compare.png.
     python compare_detectors.py --list --image data/friends.jpg   # which peers run here; faces and ms per image
     python compare_detectors.py --settings                     # the peers' input sizes and thresholds (README table)
     python compare_detectors.py --detectors yunet --evaluate --ray  # missing APs evaluated on a Ray cluster
+    python compare_detectors.py --detectors insightface --models models/scrfd500m_480x640_*.tflite --tile
 
 --evaluate first evaluates on WIDER FACE the detectors that have no results.json yet, as
 `make compare` does with evaluate_widerface.py (peers into OUT/<name>, SCRFD exports into
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -35,9 +36,9 @@ from scrfdkit.cli import (DATA_DIR, DEFAULT_WIDER, MODELS_DIR, PEERS_DIR, RESULT
                           cli, display, parse_hw, positive_int)
 from scrfdkit.compare.comparison import (ROUGH_KEY, comparison_table, eval_index, mark_pareto,
                                          plot_comparison, result_key)
-from scrfdkit.compare.peers import (PEERS, PEERS_DIR_ENV, available_peers,
+from scrfdkit.compare.peers import (PEERS, PEERS_DIR_ENV, TILED, available_peers,
                                     make_detector, open_detector, peers_dir)
-from scrfdkit.defaults import DEFAULT_INPUT_HW
+from scrfdkit.defaults import DEFAULT_INPUT_HW, TILE_FACE
 from scrfdkit.errors import UserError
 from scrfdkit.files import check_output_folder, find_images, read_image
 from scrfdkit.tables import markdown_table, write_csv, write_markdown
@@ -58,18 +59,20 @@ MB = 1e6
 class Entry:
     """One detector in the comparison: a peer (by name) or an SCRFD model file."""
 
-    kind: str  # "peer" or "scrfd"
+    kind: str  # "peer", "scrfd" or "scrfd-tiled" (peers.TILED)
     name_or_path: str  # peer name or model path
     detector: object = None
     seconds: list[float] = field(default_factory=list)
 
     @property
     def label(self) -> str:
-        return self.name_or_path if self.kind == "peer" else Path(self.name_or_path).stem
+        if self.kind == "peer":
+            return self.name_or_path
+        return Path(self.name_or_path).stem + (" tiled" if self.kind == TILED else "")
 
     def files(self) -> list[Path]:
         """What the detector loads from disk (its size is the model size)."""
-        if self.kind == "scrfd":
+        if self.kind != "peer":
             return [Path(self.name_or_path)]
         return [Path(self.detector.model_path)] if getattr(self.detector, "model_path", None) else []
 
@@ -113,6 +116,11 @@ def parse_args() -> argparse.Namespace:
                              "one; 'local' always a new one here); the timing still runs here, "
                              "the detectors interleaved round by round, once the evaluations are "
                              "done: latencies taken on different machines could not be compared")
+    parser.add_argument("--tile", action="store_true",
+                        help="also run every SCRFD model tiled (rows '<model> tiled': the "
+                             "letterbox pass plus tiles at the photo's resolution, scrfd.py "
+                             "--tile), timed in the same rounds; its AP from a tiled "
+                             "evaluate_widerface.py --tile run")
     add_wider_arguments(parser, default=DEFAULT_WIDER, verb="--evaluate")
     parser.add_argument("--list", action="store_true",
                         help="only list the peers and whether they run here (with --image: faces "
@@ -147,8 +155,10 @@ def choose_photos(image: Path | None) -> list[tuple[Path, np.ndarray]]:
     return photos
 
 
-def open_entries(names: list[str], models: list[Path], threads: int, peers_dir: Path | None) -> list[Entry]:
-    entries = [Entry("peer", n) for n in names] + [Entry("scrfd", str(m)) for m in models]
+def open_entries(names: list[str], models: list[Path], threads: int, peers_dir: Path | None,
+                 tile: bool = False) -> list[Entry]:
+    entries = [Entry("peer", n) for n in names] + [Entry("scrfd", str(m)) for m in models] + [
+        Entry(TILED, str(m)) for m in models if tile]
     live = []
     for entry in entries:
         try:
@@ -181,8 +191,9 @@ def entry_row(entry: Entry, threads: int, results: dict[str, dict]) -> dict:
     hw = getattr(det, "input_hw", None)
     latency = latency_summary([entry.seconds])
     row = {"detector": entry.label, "kind": entry.kind,
-           "input": f"{hw[0]}x{hw[1]}" if hw else "image size",
-           "precision": det.runner.precision if entry.kind == "scrfd" else PEERS[entry.name_or_path].description,
+           "input": (f"{hw[0]}x{hw[1]}" + (" + tiles" if entry.kind == TILED else "")) if hw
+           else "image size",
+           "precision": det.runner.precision if entry.kind != "peer" else PEERS[entry.name_or_path].description,
            "score_threshold": det.score_threshold, "nms_threshold": det.nms_threshold,
            "threads": threads, "median_ms": latency["median_ms"], "p90_ms": latency["p90_ms"],
            "size_mb": sum(f.stat().st_size for f in files if f.is_file()) / MB if files else None}
@@ -230,23 +241,30 @@ def settings_table() -> list[str]:
 
 def evaluate_missing(detectors: list[tuple[str, str]], known: dict[str, dict],
                      settings: EvaluationSettings, out: Path, map_tasks) -> list[str]:
-    """compare_detectors.py --evaluate: WIDER FACE results for the (kind, name_or_path) detectors
-    `known` lacks, into the folders `make compare` gives them (peers OUT/<name>, SCRFD models
-    OUT/scrfd/<model>_<H>x<W>), here or as tasks of map_tasks. Returns those folders; an evaluation that
-    fails is noted and left out of the table."""
-    evaluations = []
+    """--evaluate: WIDER FACE results for the (kind, name_or_path) detectors `known` lacks, into
+    the folders `make compare` gives them (peers OUT/<name>, SCRFD models
+    OUT/scrfd/<model>_<H>x<W>[_tiled]), here or as tasks of map_tasks. Returns those folders;
+    an evaluation that fails is noted and left out of the table."""
+    evaluations, tiled = [], []
     for kind, name_or_path in detectors:
         if result_key(kind, name_or_path) in known:
             continue
         if kind == "peer":
             evaluations.append(Evaluation(name_or_path, None, out / name_or_path))
+        elif kind == TILED:
+            tiled += grid_evaluations([Path(name_or_path)], [], DEFAULT_INPUT_HW, out / "scrfd",
+                                      TILE_FACE)
         else:
-            evaluations += grid_evaluations([Path(name_or_path)], [], DEFAULT_INPUT_HW, out / "scrfd")
-    if evaluations:
-        print(f"\nevaluating {len(evaluations)} detector(s) on WIDER FACE val"
+            evaluations += grid_evaluations([Path(name_or_path)], [], DEFAULT_INPUT_HW,
+                                            out / "scrfd")
+    if evaluations or tiled:
+        print(f"\nevaluating {len(evaluations) + len(tiled)} detector(s) on WIDER FACE val"
               + (" as Ray tasks" if map_tasks is not None else ""))
-        evaluate_all(evaluations, settings, keep_going=True, map_tasks=map_tasks)
-    return [str(evaluation.out) for evaluation in evaluations]
+    for batch, batch_settings in ((evaluations, settings),
+                                  (tiled, replace(settings, tile_face=TILE_FACE))):
+        if batch:
+            evaluate_all(batch, batch_settings, keep_going=True, map_tasks=map_tasks)
+    return [str(evaluation.out) for evaluation in evaluations + tiled]
 
 
 def main() -> int:
@@ -273,7 +291,7 @@ def main() -> int:
     repeat = args.repeat or DEFAULT_REPEAT
     env = environment()
 
-    live = open_entries(names, models, args.threads, args.peers_dir)
+    live = open_entries(names, models, args.threads, args.peers_dir, args.tile)
     evaluated = []
     if args.evaluate or args.ray is not None:
         settings = EvaluationSettings(args.wider, args.images_list, "rough", threads=args.threads,
@@ -309,7 +327,8 @@ def main() -> int:
     missing = [r["detector"] for r in rows if r.get("hard") is None]
     if missing:
         print(f"no evaluation results in {args.eval_results} for: {', '.join(missing)} (evaluate "
-              "them with evaluate_widerface.py --detector NAME / --model M --protocol rough)")
+              "them with evaluate_widerface.py --detector NAME / --model M --protocol rough, adding "
+              "--tile for a tiled row)")
     return 0
 
 

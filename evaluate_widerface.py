@@ -9,6 +9,8 @@ error analysis, and a metrics grid over models and input sizes.
     python evaluate_widerface.py --predictions preds/ --out results/p  # score existing files
     python evaluate_widerface.py --grid --model a.onnx --model b.onnx --size 640,640 --size 128,160
     python evaluate_widerface.py --grid --model a.tflite --model b.tflite --ray   # on a Ray cluster
+    python evaluate_widerface.py --model m.tflite --tile     # + tiles at the photo's resolution
+    python evaluate_widerface.py --model m.tflite --closeup  # recall on faces filling the frame
 
 Inference follows the SCRFD paper's "VGA" protocol (letterbox into 640x640, score threshold
 0.02, NMS IoU 0.45) and writes one prediction file per image in the official format, so the
@@ -28,20 +30,21 @@ from functools import partial
 from pathlib import Path
 
 from scrfdkit.bench.model_stats import model_flops
-from scrfdkit.cli import (DEFAULT_WIDER, PEERS_DIR, RESULTS_DIR, ArgumentParser, cli, display,
-                          fraction, parse_hw, positive_int)
+from scrfdkit.cli import (DEFAULT_WIDER, PEERS_DIR, RESULTS_DIR, ArgumentParser, add_tile_argument,
+                          cli, display, fraction, parse_hw, positive_int)
 from scrfdkit.compare.peers import PEERS, PEERS_DIR_ENV, make_detector
 from scrfdkit.compare.peers import model_path as peer_model_path
 from scrfdkit.defaults import (DEFAULT_INPUT_HW, EVAL_NMS_THRESHOLD, EVAL_SCORE_THRESHOLD,
-                               SCORE_THRESHOLD)
+                               SCORE_THRESHOLD, TILE_FACE)
 from scrfdkit.errors import UserError
 from scrfdkit.files import check_output_folder
 from scrfdkit.metadata import family_of
 from scrfdkit.runners import fixed_input_hw
+from scrfdkit.wider.closeup import CLOSEUP_BUCKETS, closeup_protocol
 from scrfdkit.tables import markdown_table, print_markdown, write_csv, write_markdown
 from scrfdkit.wider.dataset import IMAGES_DIR, SUBSETS, add_wider_arguments
 from scrfdkit.wider.evaluation import (TASK_LOG, EvaluationSettings, evaluate, evaluate_all,
-                                       grid_evaluations)
+                                       grid_evaluations, run_name)
 from scrfdkit.wider.metrics import PROTOCOLS, ROUGH_IOU, add_float32_change, percent
 
 DEFAULT_OUT = RESULTS_DIR / "widerface"
@@ -49,11 +52,14 @@ DEFAULT_OUT = RESULTS_DIR / "widerface"
 
 def run_grid(args: argparse.Namespace, settings: EvaluationSettings, out: Path) -> None:
     """Every --model at every --size (fixed-size exports at their own size): one table."""
-    evaluations = grid_evaluations(args.model, args.size, DEFAULT_INPUT_HW, out)
+    evaluations = grid_evaluations(args.model, args.size, DEFAULT_INPUT_HW, out, args.tile)
     rows = []
     for evaluation, results in zip(evaluations, evaluate_all(evaluations, settings, map_tasks=ray_task_mapper(args.ray))):
         model, size = evaluation.model, evaluation.size
+        passes = (results["timing"] or {}).get("passes_per_image")
         rows.append({"Model": model.stem, "Input shape": f"{size[0]}x{size[1]}",
+                     **({"Passes / photo": f"{passes:.2f}" if passes else "-"} if args.tile
+                        else {}),
                      "Precision": results["model"]["precision"],
                      "FLOPs": f"{model_flops(model, size) / 1e9:.2f} G",
                      "Size MB": f"{model.stat().st_size / 1e6:.2f}",
@@ -70,7 +76,11 @@ def run_grid(args: argparse.Namespace, settings: EvaluationSettings, out: Path) 
         "", f"WIDER FACE val, {' / '.join(f'{n:,}' for n in images)} of 3,226 images "
         f"({source}); official protocol (IoU 0.5, VOC AP in %), ground truth restricted to "
         f"the images evaluated; inference: letterbox, score >= {args.score_threshold:g}, NMS "
-        f"{args.nms_threshold:g}. FLOPs: 2 x multiply-adds of the convolutions."
+        f"{args.nms_threshold:g}"
+        + (f", plus tiles of the input size at the photo's own resolution (faces up to "
+           f"{args.tile} px whole in a tile; passes / photo: model runs per photo, the "
+           "letterbox pass included)" if args.tile else "")
+        + ". FLOPs: 2 x multiply-adds of the convolutions" + (" of one pass." if args.tile else ".")
         + (" vs float32: AP change against the float32 row of the same model and input size "
            "(Easy / Medium / Hard, points)." if "vs float32" in head else "")])
     write_csv(out / "metrics.csv", rows)
@@ -112,6 +122,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "recall of the rough protocols and the --analyze misses and false "
                              "positives are taken there (default %(default)s, scrfd.py's photo "
                              "threshold; its --blur threshold shows what anonymising misses)")
+    add_tile_argument(parser)
+    parser.add_argument("--closeup", action="store_true",
+                        help="only the close-up rough protocol: crops of the WIDER val photos "
+                             "around one clear face filling "
+                             + ", ".join(f"{lo:.0%}-{hi:.0%}" for lo, hi in CLOSEUP_BUCKETS)
+                             + " of the frame height; recall of --model single-pass and tiled "
+                             "at --operating-score, into OUT/closeup.md and closeup.json")
     parser.add_argument("--grid", action="store_true",
                         help="evaluate every --model at every --size and write OUT/metrics.md "
                              "and metrics.csv")
@@ -160,6 +177,13 @@ def check_options(args: argparse.Namespace) -> None:
             raise UserError("give --model (or --predictions), or --analyze --out a finished run")
     if args.size and not args.model:
         raise UserError("--size applies to --model files only")
+    if args.closeup and (len(args.model) != 1 or args.grid or args.predictions or args.detector
+                         or args.analyze or args.protocol):
+        raise UserError("--closeup evaluates one --model (single-pass and tiled); it takes no "
+                        "--grid, --predictions, --detector, --analyze or --protocol")
+    if args.tile and not args.model:
+        raise UserError("--tile applies to --model files (SCRFD), not to --detector or "
+                        "--predictions")
     if args.ray is not None:
         if not args.grid:
             raise UserError("--ray runs the evaluations of a --grid; give --grid")
@@ -200,16 +224,25 @@ def main() -> None:
     elif args.detector:
         out = args.out or DEFAULT_OUT / args.detector
     else:
-        out = args.out or DEFAULT_OUT / (f"{model.stem}_{size[0]}x{size[1]}" if model
+        out = args.out or DEFAULT_OUT / (run_name(model, size, args.tile) if model
                                          else args.predictions.resolve().name)
+    if args.closeup:
+        out = args.out or DEFAULT_OUT / f"{run_name(model, size)}_closeup"
     check_out(out, args)
     settings = EvaluationSettings(
         args.wider or (None if resuming(args) else DEFAULT_WIDER), args.images_list,
         args.protocol, args.predictions, args.analyze,
         args.operating_score, args.score_threshold, args.nms_threshold, open_peer=make_detector,
         peers_dir=args.peers_dir,
-        threads=args.threads or (1 if args.ray is not None else os.cpu_count() or 1))
-    if args.grid:
+        threads=args.threads or (1 if args.ray is not None else os.cpu_count() or 1),
+        tile_face=args.tile)
+    if args.closeup:
+        lines = closeup_protocol(model, size, args.wider or DEFAULT_WIDER, args.images_list, out,
+                                 args.operating_score, args.tile or TILE_FACE, settings.threads)
+        print()
+        print_markdown(lines[:lines.index("")])
+        print("\n" + lines[-1] + f"\n\nwrote {out / 'closeup.md'} and {out / 'closeup.json'}")
+    elif args.grid:
         run_grid(args, settings, out)
     else:
         evaluate(settings, model or args.detector, size, out)

@@ -6,7 +6,8 @@ in original-image pixels, and optionally one aligned 112x112 crop per face (--cr
 
     python scrfd.py                                   # data/friends.jpg -> results/friends.jpg
     python scrfd.py --image photos/ "more/*.png" --out /tmp/o --json /tmp/o/faces.jsonl
-    python scrfd.py --image photos/ --blur --out /tmp/anonymised
+    python scrfd.py --image photos/ --blur --out /tmp/anonymised   # tiled: small faces too
+    python scrfd.py --image crowd.jpg --tile          # + tiles at the photo's own resolution
     python scrfd.py --image photos/ --crops /tmp/crops   # ArcFace-aligned faces for recognition
     python scrfd.py --image @archive.txt --blur --out /shared/anonymised --ray --threads 1
 
@@ -33,8 +34,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from scrfdkit.cli import (DEFAULT_IMAGE, DEFAULT_MODEL, RESULTS_DIR, ArgumentParser,
-                          add_detector_arguments, add_face_output_arguments, check_model, cli,
-                          display, positive_int, score_threshold)
+                          add_detector_arguments, add_face_output_arguments, add_tile_argument,
+                          check_model, cli, display, positive_int, score_threshold, tile_setting)
+from scrfdkit.defaults import TILE_FACE
 from scrfdkit.detector import SCRFD
 from scrfdkit.errors import UserError
 from scrfdkit.files import (STDOUT, Output, StagedOutputs, check_output_file, check_output_folder,
@@ -43,6 +45,7 @@ from scrfdkit.metadata import metadata_path
 from scrfdkit.photos import (JSON_NAME, NAMING, Photo, PhotoOutputs, image_format, output_paths,
                              planned_outputs, run_photos)
 from scrfdkit.scale.reach import CONNECT_TIMEOUT, check_reachable
+from scrfdkit.tiles import largest_tile_face
 
 PROGRESS_FROM = 4  # a progress bar from this many images on; one line per image below it
 STAGES = ("read", "preprocess", "inference", "postprocess", "write")
@@ -70,6 +73,7 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--verbose", action="store_true",
                         help="one line per image instead of a progress bar")
     add_detector_arguments(parser, per="image")
+    add_tile_argument(parser, per="photo", blur=True)
     parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                         help="run on a Ray cluster: no ADDRESS joins or starts one as Ray does "
                              "(RAY_ADDRESS, then a local `ray start` cluster, else a new one); "
@@ -116,7 +120,8 @@ def detect_here(detector: SCRFD, images: list[Path], outputs: list[Path], json_p
             failed.append(photo.source)
         elif verbose:
             print(f"{display(photo.source)}: {photo.faces} face{'s' * (photo.faces != 1)} "
-                  f"({photo.seconds['inference'] * 1000:.0f} ms)", file=report)
+                  f"({photo.seconds['inference'] * 1000:.0f} ms"
+                  + (f", {photo.passes} model passes)" if photo.passes > 1 else ")"), file=report)
 
     with StagedOutputs() as staged, bar:
         try:
@@ -189,15 +194,19 @@ def main() -> int:
     json_path = check_run_outputs(args, names, outputs, settings, model_path)
     report = sys.stderr if str(json_path) == STDOUT else sys.stdout
 
+    tile = tile_setting(args)
     options = dict(model_path=model_path, input_hw=args.size, nms_threshold=args.nms,
                    score_threshold=score_threshold(args), max_faces=args.max_faces,
-                   threads=args.threads)  # the same detector here and in every Ray actor
+                   threads=args.threads, tile=tile is not None,
+                   tile_face=tile or TILE_FACE)  # the same detector here and in every Ray actor
     detector = SCRFD(**options)
     if args.crops and not detector.has_landmarks:
         raise UserError(f"--crops needs landmarks, and {display(model_path)} has none")
     print(f"model {display(model_path)}: {detector.runner.backend}, input "
           f"{detector.input_hw[0]}x{detector.input_hw[1]}, score >= {detector.score_threshold:g}"
-          f"; {len(images)} image(s)", file=report)
+          + (f", tiled (faces up to {min(tile, largest_tile_face(detector.input_hw))} px whole "
+             "in a tile)" if tile else "")
+          + f"; {len(images)} image(s)", file=report)
     verbose = args.verbose or len(images) < PROGRESS_FROM
     if args.ray is not None:
         from scrfdkit.scale import ray_jobs as distributed
@@ -205,18 +214,21 @@ def main() -> int:
                                         args.ray or None, args.ray_actors, verbose)
         failed, faces, elapsed, stages = run.failed, run.faces, run.elapsed, run.stages
         overlap = "summed over the actors; in each, reading and writing overlap inference"
+        passes = run.passes
     else:
         failed, faces, elapsed, stages = detect_here(detector, images, outputs, json_path,
                                                      settings, verbose, report)
         overlap = "reading and writing overlap inference"
+        passes = detector.total_passes
 
     done = len(images) - len(failed)
     per_image = ", ".join(f"{key} {spent / done * 1000:.1f} ms" for key, spent in stages.items())
     unreadable = f", {len(failed)} unreadable (skipped)" if failed else ""
     passed = f", {len(skipped)} more passed over in folders (see the warnings)" if skipped else ""
     print(f"summary: {len(images)} image(s): {done} {'anonymised' if args.blur else 'annotated'}"
-          f"{unreadable}{passed}; {faces} face(s); {done / elapsed:.1f} images/s overall",
-          file=report)
+          f"{unreadable}{passed}; {faces} face(s); {passes} model pass(es), "
+          f"{passes / done:.2f} per image{' (tiled; --no-tile: one each)' if tile and args.blur else ''}"
+          f"; {done / elapsed:.1f} images/s overall", file=report)
     print(f"mean per image: {per_image} ({overlap})", file=report)
     print(f"{'blurred' if args.blur else 'annotated'} images: {display(args.out)}/", file=report)
     if args.crops is not None:

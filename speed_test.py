@@ -17,6 +17,7 @@ grows by, and for TFLite which ops XNNPACK takes and which fall back to builtin 
     python speed_test.py --models models/scrfd500m_640x640_float32.tflite --threads 1 --repeat 3 --json r.json
     python speed_test.py --backends onnxruntime,onnxruntime-cuda --threads 1   # on a machine with an NVIDIA GPU
     python speed_test.py --profile-ops models/scrfd500m_640x640_float32.tflite models/scrfd500m_640x640_int8.tflite
+    python speed_test.py --tile --threads 1 --markdown docs/tiles.md   # ms per photo, one pass vs tiled
 
 Whole detectors against other face detectors: compare_detectors.py.
 """
@@ -26,6 +27,7 @@ import argparse
 import json
 from pathlib import Path
 
+from scrfdkit.ap_results import result_files
 from scrfdkit.bench import speed
 from scrfdkit.bench.backends import (ALL_BACKENDS, BACKEND_FORMAT, CPU_BACKENDS, GPU_BACKENDS,
                                      gpu_status, input_tensor, nvidia_gpu, open_backend)
@@ -35,11 +37,12 @@ from scrfdkit.bench.model_stats import (ModelStatsError, load_graph, model_stati
                                         print_statistics, statistics_summary, xnnpack_coverage)
 from scrfdkit.bench.op_profile import profile_ops
 from scrfdkit.bench.speed import Config
-from scrfdkit.cli import (DATA_DIR, MODELS_DIR, REPO, RESULTS_DIR, ArgumentParser, cli, fraction,
-                          parse_hw, positive_int)
-from scrfdkit.defaults import EVAL_NMS_THRESHOLD, EVAL_SCORE_THRESHOLD
+from scrfdkit.bench.tile_speed import (DEFAULT_PHOTOS, choose_photos, tile_rows, tile_table,
+                                       time_tiles)
+from scrfdkit.cli import (DATA_DIR, DEFAULT_WIDER, MODELS_DIR, REPO, RESULTS_DIR, ArgumentParser,
+                          cli, fraction, parse_hw, positive_int)
+from scrfdkit.defaults import EVAL_NMS_THRESHOLD, EVAL_SCORE_THRESHOLD, TILE_FACE
 from scrfdkit.errors import UserError
-from scrfdkit.ap_results import result_files
 from scrfdkit.files import atomic_write, check_output_file, check_outputs, read_image
 from scrfdkit.metadata import MODEL_SUFFIXES, metadata_path
 from scrfdkit.tables import write_csv, write_markdown
@@ -52,6 +55,7 @@ DEFAULT_ITERS = 10
 DEFAULT_JSON = RESULTS_DIR / "speed_test.json"
 DEFAULT_EVAL = "results/**/results.json"
 DEFAULT_PLOT = RESULTS_DIR / "speed_accuracy.png"
+TILE_MODELS = ("scrfd500m_480x640_float32.tflite", "scrfd500m_480x640_int8.tflite")  # --tile's
 
 
 def thread_list(text: str) -> list[int]:
@@ -74,6 +78,13 @@ def parse_args() -> argparse.Namespace:
                         help="only time every op of these .tflite files run alone, summed by op "
                              "kind (with two models, their ratio: e.g. int8 against float32), "
                              "at the first --threads value, and exit")
+    parser.add_argument("--tile", nargs="?", type=positive_int, const=TILE_FACE, default=None,
+                        metavar="PX",
+                        help="only time whole-photo detect() single-pass against tiled (faces up "
+                             f"to PX, default {TILE_FACE}, whole in a tile) on {DEFAULT_PHOTOS} "
+                             "WIDER val photos or --image, per --models (default: det_500m "
+                             "480x640 float32 and int8 .tflite from --models-dir) and the first "
+                             "--threads value, and exit")
     parser.add_argument("--models", nargs="+", default=None, metavar="MODEL",
                         help="models to time, files or globs (default: det_500m at 640x640 from "
                              "--models-dir: ONNX, TFLite float32 and int8)")
@@ -181,6 +192,33 @@ def run_op_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_tile_timing(args: argparse.Namespace) -> int:
+    """--tile: ms per photo single-pass against tiled, interleaved (scrfdkit/tile_speed.py)."""
+    models = expand_models(args.models) if args.models else [
+        args.models_dir / name for name in TILE_MODELS if (args.models_dir / name).exists()]
+    if not models:
+        raise UserError(f"no {' or '.join(TILE_MODELS)} in {args.models_dir}: give --models")
+    photos = choose_photos(args.image, DEFAULT_WIDER / "WIDER_val" / "images")
+    images = [image for _, image in photos]
+    env = environment()
+    threads = args.threads[0]
+    print(f"CPU: {env['cpu']} ({env['cpu_features']}), {env['logical_cores']} logical cores, "
+          f"load average {env['load_average']}; timing {len(models)} model(s) single-pass and tiled on "
+          f"{len(photos)} photo(s), {threads} thread(s), {args.repeat} interleaved rounds")
+    timings = time_tiles(models, images, threads, args.repeat, args.tile)
+    rows = tile_rows(timings, images, args.tile)
+    lines = tile_table(rows, env, [path for path, _ in photos], threads, args.repeat, args.tile)
+    print("\n" + "\n".join(lines))
+    if args.json:
+        with atomic_write(args.json) as handle:
+            json.dump({"environment": env, "rows": rows, "photos": [str(p) for p, _ in photos]},
+                      handle, indent=1)
+        print(f"wrote {args.json}")
+    if args.markdown:
+        print(f"wrote {write_markdown(args.markdown, lines)}")
+    return 0
+
+
 def choose_backends(text: str) -> tuple[list[str], dict, str | None]:
     """The backends to run, and the GPU situation, printed so no CPU number passes for a GPU one."""
     gpus, gpu_name = gpu_status(), nvidia_gpu()
@@ -252,6 +290,8 @@ def main() -> int:
         return run_statistics([Path(p) for p in args.analyze], args.hw, image)
     if args.profile_ops:
         return run_op_profile(args)
+    if args.tile:
+        return run_tile_timing(args)
 
     env = environment()
     print(f"CPU: {env['cpu']} ({env['cpu_features']}), {env['logical_cores']} logical / {env['physical_cores']} physical "

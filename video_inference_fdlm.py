@@ -9,6 +9,7 @@ about the model's speed.
 
     python video_inference_fdlm.py --video data/fatboygang.mp4   # -> results/fatboygang_fdlm.mp4
     python video_inference_fdlm.py --video clip.mp4 --blur --two-pass --out /tmp/o/clip.webm
+    python video_inference_fdlm.py --video clip.mp4 --tile       # small faces too, more passes
     python video_inference_fdlm.py --webcam 0 --show             # stop with q, Esc or Ctrl-C
 
 .mp4 (H.264, the default) and .webm (VP9) play in browsers and phones, .mov and .mkv (H.264)
@@ -41,9 +42,9 @@ import numpy as np
 from tqdm import tqdm
 
 from scrfdkit.cli import (DEFAULT_MODEL, RESULTS_DIR, ArgumentParser, add_detector_arguments,
-                          add_face_output_arguments, camera_index, check_model, cli, count,
-                          display, fraction, score_threshold)
-from scrfdkit.defaults import VIDEO_BLUR_SCORE_THRESHOLD
+                          add_face_output_arguments, add_tile_argument, camera_index, check_model,
+                          cli, count, display, fraction, score_threshold, tile_setting)
+from scrfdkit.defaults import TILE_FACE, VIDEO_BLUR_SCORE_THRESHOLD
 from scrfdkit.detections import Detections, draw_detections
 from scrfdkit.detector import SCRFD
 from scrfdkit.errors import UserError
@@ -54,6 +55,7 @@ from scrfdkit.files import (Output, StagedOutputs, check_output_file, check_outp
 from scrfdkit.metadata import metadata_path
 from scrfdkit.photos import encode
 from scrfdkit.pipeline import WriteBehind, read_ahead
+from scrfdkit.tiles import largest_tile_face
 from scrfdkit.timing import Profile
 from scrfdkit.track import (DEFAULT_HOLD, DEFAULT_TRACK_SCORE, CutDetector, FaceTracker, Region,
                             track_video)
@@ -117,6 +119,7 @@ def parse_args(argv: list[str] | None = None):
                       help="detect the whole video first, then also blur each face for "
                            "--track-hold frames before its first detection (video files only)")
     add_detector_arguments(parser, per="frame", blur_score=VIDEO_BLUR_SCORE_THRESHOLD)
+    add_tile_argument(parser, per="frame", blur=True)
     args = parser.parse_args(argv)
     if not 0 <= args.blur_grow <= 2:
         parser.error(f"--blur-grow must be between 0 and 2, got {args.blur_grow:g}")
@@ -183,14 +186,18 @@ def main() -> int:
     threshold = score_threshold(args, VIDEO_BLUR_SCORE_THRESHOLD)
     # with --blur the model reports faces down to --track-score: the tracker's second chance
     detect_from = min(threshold, args.track_score) if args.blur else threshold
+    tile = tile_setting(args)
     detector = SCRFD(model_path, args.size, score_threshold=detect_from, nms_threshold=args.nms,
-                     max_faces=args.max_faces, threads=args.threads)
+                     max_faces=args.max_faces, threads=args.threads, tile=tile is not None,
+                     tile_face=tile or TILE_FACE)
     if args.crops and not detector.has_landmarks:
         raise UserError(f"--crops needs landmarks, and {display(model_path)} has none")
     print(f"model {display(model_path)}: {detector.runner.backend}, input "
           f"{detector.input_hw[0]}x{detector.input_hw[1]}, score >= {threshold:g}"
           + (f" (tracked from {args.track_score:g}, held {args.track_hold} frames"
              f"{', two passes' if args.two_pass else ''})" if args.blur else "")
+          + (f", tiled (faces up to {min(tile, largest_tile_face(detector.input_hw))} px whole "
+             "in a tile)" if tile else "")
           + f"; source {source.name}: {source.total or 'unknown number of'} frames at "
             f"{source.fps:.2f} fps")
     profile = Profile()
@@ -335,7 +342,9 @@ def main() -> int:
               f"damaged?); kept the {frame_count} frames before the break", file=sys.stderr)
     seconds = {**profile.totals, **detector.profile.totals}
     print_summary(frame_count, faces, blurred if args.blur else None, elapsed, first_pass,
-                  seconds)
+                  seconds, detector.total_passes)
+    if tile and args.blur and args.tile is None:
+        print("(tiled, the --blur default, for the small faces; --no-tile runs one pass a frame)")
     if not kept:
         print(f"{'anonymised' if args.blur else 'annotated'} video: {display(video_path)} "
               f"({sink.describe()}; {source.fps:.2f} fps, {frame_count} frames)")
@@ -348,14 +357,15 @@ def main() -> int:
 
 
 def print_summary(frame_count: int, faces: int, blurred: int | None, elapsed: float,
-                  first_pass: float, seconds: dict[str, float]) -> None:
+                  first_pass: float, seconds: dict[str, float], passes: int) -> None:
     """Overall fps beside each stage's own fps: stages overlap, so the slowest one sets the pace."""
     overall = frame_count / elapsed
     model = frame_count / seconds["inference"] if seconds["inference"] else float("inf")
     hidden = f", {blurred} regions blurred ({blurred / frame_count:.2f} per frame)" \
         if blurred is not None else ""
     print(f"summary: {frame_count} frames, {faces} faces ({faces / frame_count:.2f} per frame)"
-          f"{hidden} in {elapsed:.1f} s: {overall:.1f} fps overall, {model:.1f} fps model only "
+          f"{hidden} in {elapsed:.1f} s, {passes / frame_count:.2f} model passes per frame: "
+          f"{overall:.1f} fps overall, {model:.1f} fps model only "
           f"({overall / model:.0%} of the model's speed)")
     if first_pass:
         print(f"  two passes: {first_pass:.1f} s detecting and tracking, "

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, NoReturn
 
 from .defaults import (BLUR_SCORE_THRESHOLD, DEFAULT_THREADS, MAX_INPUT_SIDE, NMS_THRESHOLD,
+                       TILE_FACE,
                        SCORE_THRESHOLD)
 from .errors import Terminated, UserError, one_line
 from .files import display
@@ -223,6 +224,37 @@ def add_face_output_arguments(parser: argparse.ArgumentParser, crop_name: str) -
     parser.add_argument("--crop-size", type=crop_side, default=ARCFACE_SIZE, metavar="PX",
                         help=f"side of the aligned crops in pixels, 16 to {MAX_CROP_SIZE} "
                              f"(default {ARCFACE_SIZE}, what ArcFace takes)")
+
+
+def add_tile_argument(parser: argparse.ArgumentParser, per: str = "photo",
+                      blur: bool = False) -> None:
+    """--tile [PX] (and with blur=True --no-tile, since --blur tiles by default)."""
+    parser.add_argument("--tile", nargs="?", type=positive_int, const=TILE_FACE, default=None,
+                        metavar="PX",
+                        help=f"find small faces too: besides the whole {per} shrunk into the "
+                             f"model's input, run tiles of the {per} at its own resolution, each "
+                             "the input's size, and merge the faces (more model passes, counted "
+                             f"in the summary; a {per} no larger than the input gets no tiles). "
+                             "PX: faces up to this tall lie whole in at least one tile, which "
+                             f"sets the overlap (default {TILE_FACE}; raised to what the whole-"
+                             f"{per} pass needs on large ones)"
+                             + ("; on by default with --blur" if blur else ""))
+    if blur:
+        parser.add_argument("--no-tile", action="store_true",
+                            help=f"one pass per {per}, also with --blur (faster, misses more "
+                                 "small faces)")
+
+
+def tile_setting(args: argparse.Namespace) -> int | None:
+    """The stated tile face size, or None for one pass: --tile, else on with --blur (where a
+    missed face matters more) unless --no-tile."""
+    if getattr(args, "no_tile", False):
+        if args.tile is not None:
+            raise UserError("give either --tile or --no-tile")
+        return None
+    if args.tile is not None:
+        return args.tile
+    return TILE_FACE if getattr(args, "blur", None) else None
 
 
 MIN_CROP_SIZE, MAX_CROP_SIZE = 16, 2048  # a face is upscaled past this: only bigger files

@@ -15,3 +15,4 @@ VIDEO_BLUR_SCORE_THRESHOLD = 0.3
 NMS_THRESHOLD = 0.4  # InsightFace's default IoU for merging duplicate boxes
 EVAL_SCORE_THRESHOLD = 0.02  # SCRFD paper's WIDER FACE protocol: keep nearly every candidate,
 EVAL_NMS_THRESHOLD = 0.45  # and suppress at IoU 0.45
+TILE_FACE = 64  # --tile: faces up to this many photo pixels lie whole in at least one tile

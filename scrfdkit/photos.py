@@ -166,6 +166,7 @@ class Photo:
     error: str | None = None  # why it was skipped (unreadable, or its result unwritable)
     note: str | None = None  # what the user should know though it was used (first frame only)
     faces: int = 0
+    passes: int = 0  # model passes (more than one when tiled)
     line: str = ""  # its JSON line
     seconds: dict[str, float] = field(default_factory=dict)  # read, preprocess, ..., write
 
@@ -217,7 +218,7 @@ def run_photos(detector, sources: Iterable, outputs: Iterable[Path], settings: P
                     dets = detector.detect_prepared(photo.prepared)
                 except ModelOutputError as err:
                     raise UserError(f"{err} (first seen on {photo.source})") from None
-                photo.faces = len(dets)
+                photo.faces, photo.passes = len(dets), detector.passes
                 photo.seconds.update(inference=detector.timings["inference"],
                                      postprocess=detector.timings["postprocess"])
             writer.submit(save, photo, dets)

@@ -12,8 +12,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from .decode import (KIND_CHANNELS, STRIDES, OutputSpec, RawOutputs, group_outputs,
-                     identify_outputs)
+from .decode import (INPUT_MEAN, INPUT_STD, KIND_CHANNELS, STRIDES, OutputSpec, RawOutputs,
+                     group_outputs, identify_outputs)
 from .defaults import DEFAULT_INPUT_HW, DEFAULT_THREADS
 from .errors import UserError
 from .metadata import check_unaltered, metadata_path, read_metadata
@@ -192,13 +192,31 @@ class LiteRTRunner:
         """The interpreter's execution plan, one op name per node (DELEGATE for delegated parts)."""
         return [op["op_name"] for op in tflite_ops(self.interpreter)]
 
-    def run(self, tensor: np.ndarray) -> RawOutputs:
-        if self._quantize:  # round(x / scale + zero), saturated: one OpenCV pass, not five numpy ones
-            inv_scale, zero, depth = self._quantize
-            flat = np.ascontiguousarray(tensor, np.float32).reshape(
-                -1, tensor.shape[-2] * tensor.shape[-1])
-            tensor = cv2.addWeighted(flat, inv_scale, flat, 0.0, zero, dtype=depth).reshape(
-                tensor.shape)
+    def quantized(self, tensor: np.ndarray) -> np.ndarray:
+        """A float model input as this model's int8/uint8 input (unchanged for a float model)."""
+        if not self._quantize:
+            return tensor
+        # round(x / scale + zero), saturated: one OpenCV pass, not five numpy ones
+        inv_scale, zero, depth = self._quantize
+        flat = np.ascontiguousarray(tensor, np.float32).reshape(
+            -1, tensor.shape[-2] * tensor.shape[-1])
+        return cv2.addWeighted(flat, inv_scale, flat, 0.0, zero, dtype=depth).reshape(
+            tensor.shape)
+
+    def pixel_table(self) -> np.ndarray | None:
+        """For a quantized input, the input value of each 8-bit pixel value, made by the
+        normalisation and quantized() themselves: a photo passed once through it (cv2.LUT)
+        gives run(..., quantized=True) the very bytes run() would make. None: float input."""
+        if not self._quantize:
+            return None
+        values = (np.arange(256, dtype=np.float32) - INPUT_MEAN) * np.float32(1.0 / INPUT_STD)
+        return self.quantized(values.reshape(1, 256)).reshape(256)
+
+    def run(self, tensor: np.ndarray, quantized: bool = False) -> RawOutputs:
+        """Raw outputs of one normalised input (quantized=True: already in the input's
+        dtype, as pixel_table() makes it)."""
+        if not quantized:
+            tensor = self.quantized(tensor)
         if self._rgba:
             self._write_rgba(tensor)
         else:

@@ -7,9 +7,11 @@ import time
 from pathlib import Path
 
 from ..ap_results import find_results
+from .peers import TILED
 from ..files import sha256_of
 from ..tables import dash, markdown_table, pyplot, save_figure
 
+TILED_KEY = "+tiled"  # eval_index's key of a tiled run: the model's sha256 and this
 ROUGH_KEY = ("rough-iou", "32px")  # the rough-protocol AP the comparison table shows
 ZOOM = ((50.0, 135.0), (66.5, 78.0))  # chart's right panel: latency ms, Hard AP (the 640-class corner)
 
@@ -21,7 +23,10 @@ def eval_index(*patterns: str) -> dict[str, dict]:
     found = {r["file"]: r for pattern in patterns for r in find_results(pattern)}
     for result in found.values():
         model = result.get("model") or {}
-        for key in (model.get("sha256"), model.get("name")):
+        keys = (model.get("sha256"), model.get("name"))
+        if (result.get("settings") or {}).get("tile_face"):  # a tiled run: its own key
+            keys = (model.get("sha256") and model["sha256"] + TILED_KEY,)
+        for key in keys:
             old = index.get(key)  # prefer a run that also scored the rough protocols
             if key and (old is None or (not old.get("rough") and result.get("rough"))):
                 index[key] = result
@@ -30,8 +35,10 @@ def eval_index(*patterns: str) -> dict[str, dict]:
 
 def result_key(kind: str, name_or_path: str) -> str:
     """What eval_index() knows a detector's results by: an SCRFD model file ("scrfd") by its
-    sha256, a peer ("peer") by its name."""
-    return sha256_of(name_or_path) if kind == "scrfd" else name_or_path
+    sha256 (+tiled for "scrfd-tiled"), a peer ("peer") by its name."""
+    if kind == "peer":
+        return name_or_path
+    return sha256_of(name_or_path) + (TILED_KEY if kind == TILED else "")
 
 
 def mark_pareto(rows: list[dict]) -> None:
@@ -75,7 +82,7 @@ def plot_comparison(rows: list[dict], out: Path) -> Path:
     detectors as red squares, the Pareto front as a step line."""
     plt = pyplot()
     markers = {"float32": "o", "float16": "^", "int8": "D"}
-    families = sorted({r["detector"].split("_")[0] for r in rows if r["kind"] == "scrfd"})
+    families = sorted({r["detector"].split("_")[0] for r in rows if r["kind"] != "peer"})
     colours = {family: f"C{i}" for i, family in enumerate(families)}
     front = sorted((r for r in rows if r.get("pareto")), key=lambda r: r["median_ms"])
     (x0, x1), (y0, y1) = ZOOM
@@ -83,12 +90,13 @@ def plot_comparison(rows: list[dict], out: Path) -> Path:
     for ax, zoomed in zip(axes, (False, True)):
         shown = [r for r in rows if not zoomed or (x0 <= r["median_ms"] <= x1 and y0 <= r["hard"] <= y1)]
         for index, row in enumerate(sorted(shown, key=lambda r: (r["hard"], r["median_ms"]))):
-            scrfd = row["kind"] == "scrfd"
+            scrfd = row["kind"] != "peer"
             ax.scatter(row["median_ms"], row["hard"], zorder=3, s=34,
-                       marker=markers.get(row["precision"], "o") if scrfd else "s",
+                       marker=("*" if row["kind"] == TILED else markers.get(row["precision"], "o"))
+                       if scrfd else "s",
                        color=colours[row["detector"].split("_")[0]] if scrfd else "tab:red")
             inside = x0 <= row["median_ms"] <= x1 and y0 <= row["hard"] <= y1
-            if zoomed or not scrfd and not inside or row.get("pareto") and not inside:
+            if zoomed or (not scrfd or row.get("pareto") or row["kind"] == TILED) and not inside:
                 label = (row["detector"].replace("scrfd", "").replace("_float", " f")
                          .replace("_int8", " int8").replace("_", " ") if scrfd else row["detector"])
                 ax.annotate(label, (row["median_ms"], row["hard"]), fontsize=7,
@@ -105,9 +113,10 @@ def plot_comparison(rows: list[dict], out: Path) -> Path:
     axes[0].set_title("all detectors")
     axes[1].set_title("zoom: the dashed box")
     for family, colour in colours.items():
-        axes[0].scatter([], [], color=colour, marker="o", label=f"{family}: o float32, ^ float16, D int8")
+        axes[0].scatter([], [], color=colour, marker="o",
+                        label=f"{family}: o float32, ^ float16, D int8, * tiled")
     axes[0].scatter([], [], color="tab:red", marker="s", label="other detectors")
-    axes[0].legend(loc="lower right", fontsize=8)
+    axes[0].legend(loc="best", fontsize=8)
     fig.suptitle("Face detectors on this CPU: speed against WIDER FACE Hard AP")
     fig.tight_layout()
     return save_figure(fig, out)

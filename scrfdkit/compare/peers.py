@@ -40,6 +40,7 @@ from ..runners import onnx_session, tflite_interpreter
 from ..timing import Profile
 
 PEERS_DIR_ENV = "SCRFD_PEERS_DIR"  # where the peers' model files are
+TILED = "scrfd-tiled"  # open_detector's kind for an SCRFD model file run with tiles
 BLAZEFACE_LAYERS = {  # (stride, anchors per cell); MediaPipe face_detection_*_common.pbtxt
     "short": ((8, 2), (16, 6)),  # strides [8, 16, 16, 16], interpolated scale 1: 896 anchors
     "full": ((4, 1),),  # strides [4], interpolated scale 0: 2304 anchors
@@ -430,7 +431,8 @@ def make_detector(name: str, *, evaluation: bool = False,
 def open_detector(kind: str, name_or_path: str, threads: int | None = DEFAULT_THREADS,
                   peers_folder: str | os.PathLike | None = None):
     """A ready detector to compare: a peer by name (kind "peer", at its authors' operating
-    point) or an SCRFD model file (kind "scrfd", at InsightFace's 0.5 / 0.4)."""
+    point) or an SCRFD model file (kind "scrfd", at InsightFace's 0.5 / 0.4; "scrfd-tiled"
+    with tiles, scrfdkit/tiles.py)."""
     if kind == "peer":
         return make_detector(name_or_path, threads=threads, peers_folder=peers_folder)
-    return SCRFD(name_or_path, threads=threads)
+    return SCRFD(name_or_path, threads=threads, tile=kind == TILED)

@@ -243,7 +243,8 @@ class PhotoWorker:
             staged = staging.pairs[sum(row["files"] for row in rows):]
             rows.append({"line": photo.line, "error": photo.error or "", "note": photo.note or "",
                          "faces": photo.faces,
-                         "staged": json.dumps(staged), "files": len(staged), **photo.seconds,
+                         "staged": json.dumps(staged), "files": len(staged),
+                         "passes": photo.passes, **photo.seconds,
                          "finished": time.time()})
 
         try:
@@ -256,6 +257,7 @@ class PhotoWorker:
         for key in ("line", "error", "note", "staged"):
             columns[key] = np.array([row[key] for row in rows], dtype=object)
         columns["faces"] = np.array([row["faces"] for row in rows], dtype=np.int64)
+        columns["passes"] = np.array([row.get("passes", 0) for row in rows], dtype=np.int64)
         for stage in STAGES:
             columns[stage] = np.array([row.get(stage, 0.0) for row in rows], dtype=np.float64)
         columns["began"] = np.full(len(rows), began)
@@ -324,6 +326,7 @@ class RayRun:
     lines: list[str | None] = field(default_factory=list)  # by input index
     failed_at: list[int] = field(default_factory=list)
     faces: int = 0
+    passes: int = 0  # model passes (more than one per photo when tiled)
     stages: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     started: float = field(default_factory=time.time)
     working: tuple[float, float] = (math.inf, -math.inf)  # first batch begun, last photo done
@@ -391,6 +394,7 @@ def collect(results: "ray.data.Dataset", run: RayRun, staging: SharedStaging,
                 run.lines[index] = columns["line"][row]
                 staging.adopt_all(json.loads(columns["staged"][row]))
                 run.faces += int(columns["faces"][row])
+                run.passes += int(columns["passes"][row])
                 for stage in STAGES:
                     run.stages[stage] += float(columns[stage][row])
                 if columns["note"][row]:

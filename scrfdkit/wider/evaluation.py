@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..ap_results import read_results, write_results
-from ..defaults import EVAL_NMS_THRESHOLD, EVAL_SCORE_THRESHOLD, SCORE_THRESHOLD
+from ..defaults import EVAL_NMS_THRESHOLD, EVAL_SCORE_THRESHOLD, SCORE_THRESHOLD, TILE_FACE
 from ..detector import SCRFD
 from ..errors import UserError
 from ..files import sha256_of
@@ -54,6 +54,7 @@ class EvaluationSettings:
     threads: int = 1
     peers_dir: Path | None = None
     open_peer: Callable | None = None  # makes a peer detector by name (compare.peers.make_detector)
+    tile_face: int | None = None  # SCRFD model files: None one pass, else tiles (SCRFD tile_face)
 
 
 @dataclass(frozen=True)
@@ -71,16 +72,23 @@ class Evaluation:
         return str(self.model)
 
 
+def run_name(model: Path, size: tuple[int, int], tile_face: int | None = None) -> str:
+    """<model>_<H>x<W>, and _tiled for a tiled run (its predictions differ: a folder of its own)."""
+    return f"{model.stem}_{size[0]}x{size[1]}" + ("_tiled" if tile_face else "")
+
+
 def grid_evaluations(models: list[Path], sizes: list[tuple[int, int]],
-                     default_size: tuple[int, int], root: Path) -> list[Evaluation]:
-    """Every model at every size (fixed-size exports at their own), into ROOT/<model>_<H>x<W>."""
+                     default_size: tuple[int, int], root: Path, tile_face: int | None = None
+                     ) -> list[Evaluation]:
+    """Every model at every size (fixed-size exports at their own), into ROOT/<model>_<H>x<W>
+    (<model>_<H>x<W>_tiled when tiled)."""
     evaluations = []
     for model in models:
         fixed = fixed_input_hw(model)
         if fixed and sizes and fixed not in sizes:
             print(f"note: {model.name} is fixed at {fixed[0]}x{fixed[1]}; evaluated at that size")
         for size in [fixed] if fixed else (sizes or [default_size]):
-            evaluations.append(Evaluation(model, size, root / f"{model.stem}_{size[0]}x{size[1]}"))
+            evaluations.append(Evaluation(model, size, root / run_name(model, size, tile_face)))
     return evaluations
 
 
@@ -93,7 +101,9 @@ def predict(model: Path | str, size: tuple[int, int] | None, keys: list[str],
     """
     if isinstance(model, Path):
         detector = SCRFD(model, size, settings.score_threshold, settings.nms_threshold,
-                         max_faces=0, threads=settings.threads)
+                         max_faces=0, threads=settings.threads,
+                         tile=settings.tile_face is not None,
+                         tile_face=settings.tile_face or TILE_FACE)
         model_file, name = model, model.name
     else:
         if settings.open_peer is None:
@@ -104,7 +114,8 @@ def predict(model: Path | str, size: tuple[int, int] | None, keys: list[str],
     input_hw = list(detector.input_hw) if detector.input_hw else None
     run_settings = {"detector": name, "model_sha256": sha256_of(model_file),
                     "input_size": input_hw, "score_threshold": detector.score_threshold,
-                    "nms_threshold": detector.nms_threshold}
+                    "nms_threshold": detector.nms_threshold,
+                    "tile_face": settings.tile_face if isinstance(model, Path) else None}
     pred_dir = out / PREDICTIONS_DIR
     changed = prepare_prediction_folder(out, run_settings, model_file)
     if changed:
@@ -115,8 +126,11 @@ def predict(model: Path | str, size: tuple[int, int] | None, keys: list[str],
     seconds = profile.totals["image"]
     done = len(todo) - len(skipped)
     rate = done / seconds if done and seconds > 0 else None
+    passes = getattr(detector, "total_passes", 0) / done if done else None
+    tiled = run_settings["tile_face"] is not None
     print(f"detected {done} images in {seconds:.1f} s"
           + (f" ({rate:.1f} images/s)" if rate else "")
+          + (f", {passes:.2f} model passes per image" if tiled and passes else "")
           + f"; reused {len(keys) - len(todo)} prediction files from an earlier run"
           + (f"; skipped {len(skipped)} unreadable images" if skipped else ""))
     if stale := stale_predictions(pred_dir, keys):
@@ -131,9 +145,10 @@ def predict(model: Path | str, size: tuple[int, int] | None, keys: list[str],
                       "precision": precision},
             "input_size": input_hw, "skipped_images": skipped,
             "score_threshold": run_settings["score_threshold"],
-            "nms_threshold": run_settings["nms_threshold"],
+            "nms_threshold": run_settings["nms_threshold"], "tile_face": run_settings["tile_face"],
             "timing": {"predicted": done, "reused": len(keys) - len(todo),
-                       "seconds": round(seconds, 2), "images_per_second": rate and round(rate, 2)}}
+                       "seconds": round(seconds, 2), "images_per_second": rate and round(rate, 2),
+                       **({"passes_per_image": round(passes, 3)} if tiled and passes else {})}}
 
 
 def evaluate(settings: EvaluationSettings, model: Path | str | None,
@@ -182,6 +197,8 @@ def evaluate(settings: EvaluationSettings, model: Path | str | None,
             "input_size": run["input_size"],
             "score_threshold": run.get("score_threshold", earlier.get("score_threshold")),
             "nms_threshold": run.get("nms_threshold", earlier.get("nms_threshold")),
+            **({"tile_face": tile} if (tile := run.get("tile_face", earlier.get("tile_face")))
+               else {}),
             "iou_threshold": OFFICIAL_IOU, "thresholds": THRESHOLDS,
             "rough": rough_settings(operating_score),
             "wider": str(wider.resolve()), "images_list": str(images_list) if images_list else None,

@@ -332,7 +332,9 @@ def describe_run(results: dict) -> str:
     what = f"{Path(model['path']).name} ({model['precision']}, {model['backend']})" if model \
         else f"predictions in {results['settings']['predictions']}"
     size = results["settings"].get("input_size")
-    return what + (f" at {size[0]}x{size[1]}" if size else "")
+    tiled = f", tiled (faces up to {results['settings']['tile_face']} px whole in a tile)" \
+        if results["settings"].get("tile_face") else ""
+    return what + (f" at {size[0]}x{size[1]}" if size else "") + tiled
 
 
 def report_lines(results: dict, analysis_md: list[str]) -> list[str]:
@@ -344,7 +346,10 @@ def report_lines(results: dict, analysis_md: list[str]) -> list[str]:
           + (f"(listed in {s['images_list']})" if s["images_list"] else f"(present in {s['wider']})")
           + "; ground truth restricted to them."
           + (f" Inference: letterbox into {s['input_size'][0]}x{s['input_size'][1]}, score >= "
-             f"{s['score_threshold']:g}, NMS IoU {s['nms_threshold']:g}." if s.get("input_size") else ""),
+             f"{s['score_threshold']:g}, NMS IoU {s['nms_threshold']:g}." if s.get("input_size") else "")
+          + (" Photos larger than the input also ran as tiles of the input's size at their own "
+             f"resolution (faces up to {s['tile_face']} px whole in a tile), merged with the "
+             "letterbox pass by that NMS." if s.get("tile_face") else ""),
           "", "## Official protocol", "",
           "Public WIDER FACE evaluation: IoU >= 0.5, scores min-max normalised over all "
           "predictions, 1000 thresholds, VOC-style AP (in %).", "", *official_table(results), "",

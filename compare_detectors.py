@@ -1,7 +1,7 @@
 """SCRFD against other face detectors: every detector's whole detect() timed side by side,
 beside its WIDER FACE AP, with the Pareto front of speed and Hard AP.
 
-The peers (scrfdkit/peers.py: BlazeFace, YuNet, Haar, the seed and third-party TFLite
+The peers (scrfdkit/compare/peers.py: BlazeFace, YuNet, Haar, the seed and third-party TFLite
 conversions, InsightFace's own SCRFD) and this project's SCRFD exports each run at the input
 size and thresholds their authors recommend, interleaved round by round on the same photos.
 APs come from evaluate_widerface.py's results.json files (matched by model sha256 or detector

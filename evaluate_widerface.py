@@ -94,7 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", type=Path, action="append", default=[],
                         help=".onnx or .tflite detector (repeat with --grid)")
     parser.add_argument("--detector", default=None, metavar="NAME",
-                        help="evaluate another face detector from scrfdkit/peers.py instead of "
+                        help="evaluate another face detector from scrfdkit/compare/peers.py instead of "
                              f"--model ({', '.join(PEERS)}), at its authors' input size and its "
                              "own low evaluation threshold")
     parser.add_argument("--size", type=parse_hw, action="append", default=[],

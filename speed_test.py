@@ -193,7 +193,7 @@ def run_op_profile(args: argparse.Namespace) -> int:
 
 
 def run_tile_timing(args: argparse.Namespace) -> int:
-    """--tile: ms per photo single-pass against tiled, interleaved (scrfdkit/tile_speed.py)."""
+    """--tile: ms per photo single-pass against tiled, interleaved (scrfdkit/bench/tile_speed.py)."""
     models = expand_models(args.models) if args.models else [
         args.models_dir / name for name in TILE_MODELS if (args.models_dir / name).exists()]
     if not models:

@@ -39,6 +39,13 @@ class Profile:
             self.totals[stage] += elapsed
             self.counts[stage] += 1
 
+    def add(self, other: dict[str, float]) -> None:
+        """Fold in durations measured elsewhere, as one call each (a tiled detection's sums)."""
+        for stage, seconds in other.items():
+            self.last[stage] = seconds
+            self.totals[stage] += seconds
+            self.counts[stage] += 1
+
 
 # ----------------------------------------------------------------------------- interleaved timing
 def interleaved_rounds(members: Sequence[T], repeat: int, run_block: Callable[[T], None],

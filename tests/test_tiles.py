@@ -17,14 +17,14 @@ import pytest
 
 from conftest import WIDER, run_script
 from scrfdkit import SCRFD
-from scrfdkit.closeup import (CLOSEUP_BUCKETS, CLOSEUP_SEED, closeup_faces, closeup_rows,
+from scrfdkit.wider.closeup import (CLOSEUP_BUCKETS, CLOSEUP_SEED, closeup_faces, closeup_rows,
                               place_crop, run_closeups)
 from scrfdkit.files import read_image
 from scrfdkit.decode import STRIDES
 from scrfdkit.tiles import (BORDER_MARGIN, CLOSEUP_SHRINK, WHOLE_PASS_MIN_FACE, decode_tiles,
                             plan_tiles, prepare_tiled, run_tiled, whole_pass_scale)
 from scrfdkit.timing import Profile
-from scrfdkit.widerface import load_ground_truth, select_images
+from scrfdkit.wider.dataset import load_ground_truth, select_images
 
 pytestmark = pytest.mark.inference
 

@@ -40,7 +40,8 @@ from scrfdkit.compare.peers import (PEERS, PEERS_DIR_ENV, TILED, available_peers
                                     make_detector, open_detector, peers_dir)
 from scrfdkit.defaults import DEFAULT_INPUT_HW, TILE_FACE
 from scrfdkit.errors import UserError
-from scrfdkit.files import check_output_folder, find_images, read_image
+from scrfdkit.files import check_output_folder
+from scrfdkit.images import photos_to_time
 from scrfdkit.tables import markdown_table, write_csv, write_markdown
 from scrfdkit.timing import environment, interleaved_rounds, latency_summary, time_calls
 from scrfdkit.wider.dataset import add_wider_arguments
@@ -51,6 +52,7 @@ DEFAULT_EVAL = "results/**/results.json"  # evaluate_widerface.py runs to take t
 DEFAULT_REPEAT = 10  # interleaved rounds of the comparison
 LIST_REPEAT = 5  # timed runs per image with --list
 COMPARE_PHOTOS = 8  # WIDER val photos (spread over the folder) the detectors are timed on
+WIDER_PHOTOS = DEFAULT_WIDER / "WIDER_val" / "images"
 FALLBACK_PHOTOS = (DATA_DIR / "samples" / "crowd_selfie.jpg", DATA_DIR / "friends.jpg")
 MB = 1e6
 
@@ -131,30 +133,6 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def choose_photos(image: Path | None) -> list[tuple[Path, np.ndarray]]:
-    """--image (a file or folder), else COMPARE_PHOTOS WIDER val photos spread over the folder,
-    else the sample photo; unreadable ones are noted and left out."""
-    if image is not None:
-        paths = find_images([image])
-    else:
-        wider = DEFAULT_WIDER / "WIDER_val" / "images"
-        paths = find_images([wider]) if wider.is_dir() else []
-        if paths:
-            picks = np.linspace(0, len(paths) - 1, min(COMPARE_PHOTOS, len(paths))).round().astype(int)
-            paths = [paths[i] for i in dict.fromkeys(picks)]
-        else:
-            paths = [p for p in FALLBACK_PHOTOS if p.is_file()][:1]
-    photos = []
-    for path in paths:
-        try:
-            photos.append((path, read_image(path)))
-        except UserError as err:
-            print(f"skipped photo: {err}")
-    if not photos:
-        raise UserError("no readable photo to time the detectors on: give --image")
-    return photos
-
-
 def open_entries(names: list[str], models: list[Path], threads: int, peers_dir: Path | None,
                  tile: bool = False) -> list[Entry]:
     entries = [Entry("peer", n) for n in names] + [Entry("scrfd", str(m)) for m in models] + [
@@ -208,7 +186,8 @@ def entry_row(entry: Entry, threads: int, results: dict[str, dict]) -> dict:
 
 def list_peers(args: argparse.Namespace) -> int:
     """--list: every peer, usable here or why not; with --image, faces and median ms per image."""
-    images = [(p.name, image) for p, image in choose_photos(args.image)] if args.image else []
+    photos = photos_to_time(args.image, WIDER_PHOTOS, COMPARE_PHOTOS) if args.image else []
+    images = [(path.name, image) for path, image in photos]
     for name, reason in available_peers(args.peers_dir):
         spec = PEERS[name]
         size = "x".join(map(str, spec.input_hw)) if spec.input_hw else "image"
@@ -287,7 +266,7 @@ def main() -> int:
         map_tasks = partial(ray_jobs.map_tasks, args.ray)
     models = expand_models(args.models) if args.models else [
         m for m in grid_models(args.models_dir, args.hw or list(GRID_SIZES))[0] if m.suffix == ".tflite"]
-    photos = choose_photos(args.image)
+    photos = photos_to_time(args.image, WIDER_PHOTOS, COMPARE_PHOTOS, FALLBACK_PHOTOS)
     repeat = args.repeat or DEFAULT_REPEAT
     env = environment()
 

@@ -37,13 +37,13 @@ from scrfdkit.bench.model_stats import (ModelStatsError, load_graph, model_stati
                                         print_statistics, statistics_summary, xnnpack_coverage)
 from scrfdkit.bench.op_profile import profile_ops
 from scrfdkit.bench.speed import Config
-from scrfdkit.bench.tile_speed import (DEFAULT_PHOTOS, choose_photos, tile_rows, tile_table,
-                                       time_tiles)
+from scrfdkit.bench.tile_speed import DEFAULT_PHOTOS, tile_rows, tile_table, time_tiles
 from scrfdkit.cli import (DATA_DIR, DEFAULT_WIDER, MODELS_DIR, REPO, RESULTS_DIR, ArgumentParser,
                           cli, fraction, parse_hw, positive_int)
 from scrfdkit.defaults import EVAL_NMS_THRESHOLD, EVAL_SCORE_THRESHOLD, TILE_FACE
 from scrfdkit.errors import UserError
 from scrfdkit.files import atomic_write, check_output_file, check_outputs, read_image
+from scrfdkit.images import photos_to_time
 from scrfdkit.metadata import MODEL_SUFFIXES, metadata_path
 from scrfdkit.tables import write_csv, write_markdown
 from scrfdkit.timing import environment
@@ -198,7 +198,7 @@ def run_tile_timing(args: argparse.Namespace) -> int:
         args.models_dir / name for name in TILE_MODELS if (args.models_dir / name).exists()]
     if not models:
         raise UserError(f"no {' or '.join(TILE_MODELS)} in {args.models_dir}: give --models")
-    photos = choose_photos(args.image, DEFAULT_WIDER / "WIDER_val" / "images")
+    photos = photos_to_time(args.image, DEFAULT_WIDER / "WIDER_val" / "images", DEFAULT_PHOTOS)
     images = [image for _, image in photos]
     env = environment()
     threads = args.threads[0]

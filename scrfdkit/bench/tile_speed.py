@@ -17,9 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..defaults import TILE_FACE
-from ..errors import UserError
 from ..detector import SCRFD
-from ..files import find_images, read_image
 from ..tables import markdown_table
 from ..tiles import plan_tiles
 from ..timing import interleaved_rounds, paired_ratio
@@ -60,28 +58,6 @@ class TileTiming:
     per_photo: list[float] = field(default_factory=list)  # one value per round
     model_per_photo: list[float] = field(default_factory=list)
     passes_per_photo: list[float] = field(default_factory=list)
-
-
-def choose_photos(image: Path | None, wider_photos: Path, count: int = DEFAULT_PHOTOS
-                  ) -> list[tuple[Path, np.ndarray]]:
-    """--image (a file or folder), else `count` WIDER val photos spread over the folder."""
-    if image is not None:
-        paths = find_images([image])
-    elif wider_photos.is_dir():
-        paths = find_images([wider_photos])
-        picks = np.linspace(0, len(paths) - 1, min(count, len(paths))).round().astype(int)
-        paths = [paths[i] for i in dict.fromkeys(picks)]
-    else:
-        raise UserError(f"no WIDER FACE photos in {wider_photos}: give --image")
-    photos = []
-    for path in paths:
-        try:
-            photos.append((path, read_image(path)))
-        except UserError as err:
-            print(f"skipped photo: {err}")
-    if not photos:
-        raise UserError("no readable photo to time on")
-    return photos
 
 
 def time_tiles(models: list[Path], images: list[np.ndarray], threads: int, repeat: int,

@@ -40,8 +40,7 @@ from scrfdkit.compare.peers import (PEERS, PEERS_DIR_ENV, TILED, available_peers
                                     make_detector, open_detector, peers_dir)
 from scrfdkit.defaults import DEFAULT_INPUT_HW, TILE_FACE
 from scrfdkit.errors import UserError
-from scrfdkit.files import check_output_folder
-from scrfdkit.images import photos_to_time
+from scrfdkit.files import check_output_folder, photos_to_time
 from scrfdkit.tables import markdown_table, write_csv, write_markdown
 from scrfdkit.timing import environment, interleaved_rounds, latency_summary, time_calls
 from scrfdkit.wider.dataset import add_wider_arguments

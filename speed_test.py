@@ -42,8 +42,8 @@ from scrfdkit.cli import (DATA_DIR, DEFAULT_WIDER, MODELS_DIR, REPO, RESULTS_DIR
                           cli, fraction, parse_hw, positive_int)
 from scrfdkit.defaults import EVAL_NMS_THRESHOLD, EVAL_SCORE_THRESHOLD, TILE_FACE
 from scrfdkit.errors import UserError
-from scrfdkit.files import atomic_write, check_output_file, check_outputs, read_image
-from scrfdkit.images import photos_to_time
+from scrfdkit.files import (atomic_write, check_output_file, check_outputs, photos_to_time,
+                            read_image)
 from scrfdkit.metadata import MODEL_SUFFIXES, metadata_path
 from scrfdkit.tables import write_csv, write_markdown
 from scrfdkit.timing import environment

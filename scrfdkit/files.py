@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
+import numpy as np
+
 from .errors import UserError
 from .images import opencv_quiet, read_image, to_bgr8, unsupported_format  # noqa: F401 (kept here)
 
@@ -451,3 +453,28 @@ def check_writable_folder(folder: Path, what: str) -> None:
         tempfile.TemporaryFile(dir=existing).close()
     except OSError as err:
         raise UserError(f"{what}: cannot write in {existing} ({err.strerror or err})") from None
+
+
+def photos_to_time(image: Path | None, folder: Path, count: int, fallbacks: tuple = ()
+                   ) -> list[tuple[Path, np.ndarray]]:
+    """The photos a speed measurement runs on: --image (a file or folder), else `count`
+    photos spread evenly over `folder` (WIDER val: every event), else the first fallback that
+    exists. Unreadable ones are noted and left out; none at all is a UserError."""
+    if image is not None:
+        paths = find_images([image])
+    else:
+        paths = find_images([folder]) if folder.is_dir() else []
+        if paths:
+            picks = np.linspace(0, len(paths) - 1, min(count, len(paths))).round().astype(int)
+            paths = [paths[i] for i in dict.fromkeys(picks)]
+        else:
+            paths = [p for p in fallbacks if Path(p).is_file()][:1]
+    photos = []
+    for path in paths:
+        try:
+            photos.append((path, read_image(path)))
+        except UserError as err:
+            print(f"skipped photo: {err}")
+    if not photos:
+        raise UserError(f"no readable photo to time on (none in {folder}): give --image")
+    return photos

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
-from pathlib import Path
 from typing import Iterator
 
 import cv2
@@ -149,30 +148,3 @@ def to_bgr8(image: np.ndarray) -> np.ndarray:
     elif image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"an image of shape {image.shape} is not grayscale, BGR or BGRA")
     return np.ascontiguousarray(image)
-
-
-def photos_to_time(image: Path | None, folder: Path, count: int, fallbacks: tuple = ()
-                   ) -> list[tuple[Path, np.ndarray]]:
-    """The photos a speed measurement runs on: --image (a file or folder), else `count`
-    photos spread evenly over `folder` (WIDER val: every event), else the first fallback that
-    exists. Unreadable ones are noted and left out; none at all is a UserError."""
-    from .files import find_images  # files imports this module
-
-    if image is not None:
-        paths = find_images([image])
-    else:
-        paths = find_images([folder]) if folder.is_dir() else []
-        if paths:
-            picks = np.linspace(0, len(paths) - 1, min(count, len(paths))).round().astype(int)
-            paths = [paths[i] for i in dict.fromkeys(picks)]
-        else:
-            paths = [p for p in fallbacks if Path(p).is_file()][:1]
-    photos = []
-    for path in paths:
-        try:
-            photos.append((path, read_image(path)))
-        except UserError as err:
-            print(f"skipped photo: {err}")
-    if not photos:
-        raise UserError(f"no readable photo to time on (none in {folder}): give --image")
-    return photos

@@ -140,8 +140,8 @@ def find_inputs(args) -> tuple[list, list[Path]]:
     return images, names
 
 
-def main() -> int:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     model_path = check_model(args.model)
     if args.image == [DEFAULT_IMAGE] and not DEFAULT_IMAGE.exists():
         raise UserError(f"example photo {display(DEFAULT_IMAGE)} not found; pass --image with "

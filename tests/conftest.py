@@ -6,7 +6,17 @@ SCRFD_SHARED (default ../shared beside the repository) holds models/, samples/, 
 from __future__ import annotations
 
 import os
+import ast
+import contextlib
+import hashlib
+import importlib.metadata
+import importlib.util
+import io
+import json
 import subprocess
+import platform
+import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -33,8 +43,49 @@ def run_script_without(module: str, script: str, *args: str) -> subprocess.Compl
 
 
 def pytest_configure(config) -> None:
-    config.addinivalue_line("markers", "inference: runs without TensorFlow, in an environment "
-                            "made from requirements-inference.txt alone (CI runs these twice)")
+    config.addinivalue_line("markers", "inference: depends on the versions of the inference "
+                            "packages (numpy, OpenCV, ONNX Runtime, LiteRT, scipy, Ray) and runs "
+                            "without TensorFlow: CI runs these again in an environment made from "
+                            "requirements-inference.txt alone (make test-inference)")
+
+
+_SCRIPTS: dict[str, object] = {}
+
+
+def load_script(script: str):
+    """A top-level script imported as a module (once), to call its main(argv) in-process."""
+    if script not in _SCRIPTS:
+        spec = importlib.util.spec_from_file_location(f"script_{Path(script).stem}",
+                                                      REPO / script)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+        _SCRIPTS[script] = module
+    return _SCRIPTS[script]
+
+
+def run_main(script: str, *args, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """A script's main(argv) in this process, under the same cli() contract as `python script`:
+    exit code, stdout and stderr, as run_script returns them. For the many option checks,
+    which need no process of their own (each script keeps one run as a process)."""
+    from scrfdkit.cli import cli
+
+    module, argv = load_script(script), [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    sigterm, here = signal.getsignal(signal.SIGTERM), Path.cwd()
+    code: int | str | None = 0
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            cli(lambda: module.main(argv))
+    except SystemExit as done:
+        code = done.code
+    finally:
+        os.chdir(here)
+        signal.signal(signal.SIGTERM, sigterm)  # cli() installs its own
+    return subprocess.CompletedProcess([script, *argv], code if isinstance(code, int) else 1,
+                                       out.getvalue(), err.getvalue())
 
 
 def run_script(script: str, *args: str, check: bool = True, timeout: float = 900,

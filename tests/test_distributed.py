@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, run_script
+from conftest import REPO, run_main, run_script
 
 pytest.importorskip("ray", reason="Ray is not installed: python -m pip install -r "
                                   "requirements-scale.txt")
@@ -150,6 +150,5 @@ def test_sources_come_from_paths_folders_and_uri_globs(tmp_path):
 def test_ray_options_are_checked_before_any_work(det500m_onnx, tmp_path):
     for args, message in ((("--ray-actors", "2"), "--ray-actors needs --ray"),
                           (("--image", "s3://bucket/photos/"), "URIs are read by --ray runs")):
-        proc = run_script("scrfd.py", "--model", det500m_onnx, "--out", tmp_path, *args,
-                          check=False)
+        proc = run_main("scrfd.py", "--model", det500m_onnx, "--out", tmp_path, *args)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr

@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import run_script, run_script_without
+from conftest import run_main, run_script, run_script_without
 from scipy.io import loadmat, savemat
 
 from scrfdkit.bench import model_stats
@@ -530,7 +530,7 @@ def test_bad_options_fail_before_any_work(hand_case, tmp_path, bad, message):
     root, preds, listing = hand_case
     out = tmp_path / "o"
     bad = [arg.format(listing=listing, preds=preds) for arg in bad]
-    proc = run_script(SCRIPT, "--wider", root, "--out", out, *bad, check=False)
+    proc = run_main(SCRIPT, "--wider", root, "--out", out, *bad)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and message in errors[0], proc.stderr

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import MODELS, REPO, SAMPLES, TEST_HW, run_script
+from conftest import MODELS, REPO, SAMPLES, TEST_HW, run_main, run_script
 
 from scrfdkit.decode import KINDS, STRIDES
 from scrfdkit.export.parity import parity
@@ -107,7 +107,7 @@ def test_not_onnx(tmp_path):
     fake = tmp_path / "fake.onnx"
     fake.write_text("this is not a protobuf")
     out = tmp_path / "out.onnx"
-    proc = run_script("export_modified_onnx.py", "--model", fake, "--out", out, check=False)
+    proc = run_main("export_modified_onnx.py", "--model", fake, "--out", out)
     assert_clean_failure(proc, "not a valid ONNX")
     assert not out.exists()
 
@@ -117,15 +117,13 @@ def test_not_scrfd(tmp_path):
     if not yunet.exists():
         pytest.skip("no peer model")
     out = tmp_path / "out.onnx"
-    proc = run_script("export_modified_onnx.py", "--model", yunet, "--hw", "128,160", "--out", out,
-                      check=False)
+    proc = run_main("export_modified_onnx.py", "--model", yunet, "--hw", "128,160", "--out", out)
     assert_clean_failure(proc, "not an SCRFD model")
     assert not out.exists() and not list(tmp_path.glob(".*"))
 
 
 def test_size_not_multiple_of_32(det500m_onnx):
-    proc = run_script("export_modified_onnx.py", "--model", det500m_onnx, "--hw", "500,500",
-                      check=False)
+    proc = run_main("export_modified_onnx.py", "--model", det500m_onnx, "--hw", "500,500")
     assert_clean_failure(proc, "480", "512")
 
 
@@ -141,8 +139,8 @@ def test_int8_without_calibration_images(fixed_onnx, tmp_path, calib):
         folder.mkdir()
         (folder / "notes.txt").write_text("no images here")
     out = tmp_path / "model.tflite"
-    proc = run_script("export_tflite.py", "--onnx", fixed_onnx, "--int8", "--calib", folder,
-                      "--out", out, check=False)
+    proc = run_main("export_tflite.py", "--onnx", fixed_onnx, "--int8", "--calib", folder,
+                    "--out", out)
     assert_clean_failure(proc, "calibration")
     assert not out.exists() and not metadata_path(out).exists()
 
@@ -152,7 +150,7 @@ def test_tflite_refuses_to_overwrite_its_input(fixed_onnx, tmp_path):
     onnx_copy = tmp_path / "v.onnx"
     shutil.copyfile(fixed_onnx, onnx_copy)
     started = time.perf_counter()
-    proc = run_script("export_tflite.py", "--onnx", onnx_copy, "--out", onnx_copy, check=False)
+    proc = run_main("export_tflite.py", "--onnx", onnx_copy, "--out", onnx_copy)
     assert_clean_failure(proc, "is the input")
     assert time.perf_counter() - started < 20 and "converted" not in proc.stdout
     assert onnx_copy.read_bytes() == fixed_onnx.read_bytes()
@@ -162,8 +160,8 @@ def test_tflite_refuses_to_overwrite_its_input(fixed_onnx, tmp_path):
 def test_modified_onnx_refuses_to_overwrite_its_input(fixed_onnx, tmp_path):
     onnx_copy = tmp_path / "v.onnx"
     shutil.copyfile(fixed_onnx, onnx_copy)
-    proc = run_script("export_modified_onnx.py", "--model", onnx_copy, "--hw", "128,160",
-                      "--out", "v.onnx", cwd=tmp_path, check=False)  # same file, other spelling
+    proc = run_main("export_modified_onnx.py", "--model", onnx_copy, "--hw", "128,160",
+                    "--out", "v.onnx", cwd=tmp_path)  # same file, other spelling
     assert_clean_failure(proc, "is the input")
     assert onnx_copy.read_bytes() == fixed_onnx.read_bytes()
 
@@ -179,7 +177,7 @@ def test_tflite_output_path_checked_before_converting(fixed_onnx, tmp_path, wher
     phrase = {"folder": "is a folder", "under a file": "is a file, not a folder",
               "wrong suffix": "must end in .tflite", "read-only": "cannot write in /proc"}[where]
     started = time.perf_counter()
-    proc = run_script("export_tflite.py", "--onnx", fixed_onnx, "--out", out, check=False)
+    proc = run_main("export_tflite.py", "--onnx", fixed_onnx, "--out", out)
     assert_clean_failure(proc, phrase)
     assert time.perf_counter() - started < 20 and "converted" not in proc.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
@@ -189,8 +187,8 @@ def test_tflite_output_path_checked_before_converting(fixed_onnx, tmp_path, wher
 def test_opset_out_of_range(det500m_onnx, tmp_path, opset):
     """An opset the tool cannot write is refused, never reported while writing another."""
     out = tmp_path / "fixed.onnx"
-    proc = run_script("export_modified_onnx.py", "--model", det500m_onnx, "--hw", "128,160",
-                      "--opset", opset, "--out", out, check=False)
+    proc = run_main("export_modified_onnx.py", "--model", det500m_onnx, "--hw", "128,160",
+                    "--opset", opset, "--out", out)
     assert_clean_failure(proc, "opset")
     assert not out.exists() and "wrote" not in proc.stdout
 
@@ -206,8 +204,8 @@ def test_opset_reported_is_the_one_written(det500m_onnx, tmp_path):
 
 @pytest.mark.parametrize("count", ["0", "-5", "many"])
 def test_calib_count_must_be_positive(fixed_onnx, tmp_path, count):
-    proc = run_script("export_tflite.py", "--onnx", fixed_onnx, "--int8", "--calib-count", count,
-                      "--out", tmp_path / "m.tflite", check=False)
+    proc = run_main("export_tflite.py", "--onnx", fixed_onnx, "--int8", "--calib-count", count,
+                    "--out", tmp_path / "m.tflite")
     assert_clean_failure(proc, "--calib-count")
     assert not any(tmp_path.iterdir())
 
@@ -281,8 +279,8 @@ def test_broken_download_leaves_nothing(release_server, tmp_path, problem):
     elif problem == "corrupt zip":
         (root / "buffalo_sc.zip").write_bytes(b"PK\x03\x04 truncated")
     models = tmp_path / "models"
-    proc = run_script("export_modified_onnx.py", "--download", "buffalo_sc", "--models-dir", models,
-                      "--mirror", url, check=False)
+    proc = run_main("export_modified_onnx.py", "--download", "buffalo_sc", "--models-dir", models,
+                    "--mirror", url)
     assert_clean_failure(proc, "yourself", "det_500m.onnx")
     assert "into" in proc.stderr and str(models) in proc.stderr
     assert not models.exists() or not any(models.iterdir())
@@ -311,21 +309,19 @@ def test_download_from_model_url_env_checks_sha256(release_server, fixed_onnx, t
     _zip_detector(root, fixed_onnx)
     monkeypatch.setenv("SCRFD_MODEL_URL", url)
     models = tmp_path / "models"
-    proc = run_script("export_modified_onnx.py", "--download", "buffalo_sc", "--models-dir", models,
-                      check=False)
+    proc = run_main("export_modified_onnx.py", "--download", "buffalo_sc", "--models-dir", models)
     assert_clean_failure(proc, "sha256", url)
     assert not models.exists() or not any(models.iterdir())
 
 
 def test_download_help_names_the_variable():
-    assert "SCRFD_MODEL_URL" in run_script("export_modified_onnx.py", "--help").stdout
+    assert "SCRFD_MODEL_URL" in run_main("export_modified_onnx.py", "--help").stdout
 
 
 @pytest.mark.parametrize("url", ["not a url", "gopher://127.0.0.1/"])
 def test_download_url_checked_first(url, tmp_path, monkeypatch):
     monkeypatch.setenv("SCRFD_MODEL_URL", url)
     models = tmp_path / "models"
-    proc = run_script("export_modified_onnx.py", "--download", "buffalo_sc", "--models-dir", models,
-                      check=False)
+    proc = run_main("export_modified_onnx.py", "--download", "buffalo_sc", "--models-dir", models)
     assert_clean_failure(proc, "SCRFD_MODEL_URL")
     assert not models.exists()

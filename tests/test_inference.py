@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import REPO, TEST_HW, run_script
+from conftest import REPO, TEST_HW, run_main, run_script
 
 from scrfdkit import SCRFD, read_image
 
@@ -230,8 +230,7 @@ def test_bad_options_are_refused_before_any_work(det500m_onnx, samples_dir, tmp_
     args = [a.format(photo=photo, folder=tmp_path) for a in args]
     defaults = {"--out": tmp_path / "out"}
     extra = [str(v) for k, v in defaults.items() if k not in args for v in (k, v)]
-    proc = run_script("scrfd.py", "--model", det500m_onnx, "--image", photo, *extra, *args,
-                      check=False)
+    proc = run_main("scrfd.py", "--model", det500m_onnx, "--image", photo, *extra, *args)
     assert_one_line_error(proc, fragment)
     assert "model" not in proc.stdout  # refused before the model was even loaded
     assert photo.read_bytes() == before

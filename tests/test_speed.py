@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import REPO, SAMPLES, TEST_HW, run_script
+from conftest import REPO, SAMPLES, TEST_HW, run_main, run_script
 from onnx import numpy_helper
 
 from scrfdkit import timing
@@ -218,8 +218,10 @@ def test_speed_accuracy_plot_from_results_json(tflite_float32, tmp_path):
     (("--score", "1.5"), "--score"), (("--backends", "tpu"), "unknown backend 'tpu'"),
 ])
 def test_bad_options_are_one_line_errors(args, message, tflite_float32, tmp_path):
-    proc = run_script("speed_test.py", "--models", tflite_float32, "--json", tmp_path / "r.json",
-                      *args, check=False)
+    """In-process through main(argv); test_damaged_model_alone_is_a_one_line_error runs the
+    script as a process."""
+    proc = run_main("speed_test.py", "--models", tflite_float32, "--json", tmp_path / "r.json",
+                    *args)
     assert proc.returncode == 2 and message in proc.stderr
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ")
     assert not (tmp_path / "r.json").exists()
@@ -232,7 +234,7 @@ def test_unreadable_image_and_unwritable_json_fail_before_timing(tflite_float32,
                           (("--json", "/proc/speed/r.json"), "not writable"),
                           (("--json", tmp_path), "is a folder"),
                           (("--markdown", tflite_float32), "is one of the inputs")):
-        proc = run_script("speed_test.py", "--models", tflite_float32, *args, check=False)
+        proc = run_main("speed_test.py", "--models", tflite_float32, *args)
         assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr)
         assert proc.stderr.count("\n") == 1 and "timing" not in proc.stdout
 

@@ -210,17 +210,73 @@ def test_calib_count_must_be_positive(fixed_onnx, tmp_path, count):
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT])
-def test_interrupted_export_keeps_the_earlier_pair(tflite_float32, fixed_onnx, tmp_path, how):
-    """Stopped inside onnx2tf: the earlier .tflite and sidecar stay byte for byte, and no
-    temporary file or folder is left beside them or in the temporary folder."""
-    models, scratch = tmp_path / "models", tmp_path / "tmp"
+def earlier_pair(tflite_float32: Path, tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
+    """models/model.tflite and its sidecar, copied from the test export: what a failed or
+    stopped export must leave as it was."""
+    models = tmp_path / "models"
     models.mkdir()
-    scratch.mkdir()
     out = models / "model.tflite"
     shutil.copyfile(tflite_float32, out)
     shutil.copyfile(metadata_path(tflite_float32), metadata_path(out))
-    before = {p.name: p.read_bytes() for p in models.iterdir()}
+    return out, {p.name: p.read_bytes() for p in models.iterdir()}
+
+
+# A converter that writes a well-formed model computing the wrong thing: onnx2tf's float32
+# .tflite of the same ONNX model (the test export, to spare a conversion) with its largest
+# weight tensor reversed, as a wrong transposition inside the converter would leave it.
+WRONG_CONVERTER = """
+import os, runpy, sys
+from pathlib import Path
+from ai_edge_litert import schema_py_generated as schema
+import scrfdkit.export.onnx_edit as onnx_edit
+
+def run_onnx2tf(onnx_path, precision, workdir, test_data):
+    produced = Path(workdir) / "out" / "converted.tflite"
+    produced.parent.mkdir(parents=True)
+    data = bytearray(Path(os.environ["CONVERTED"]).read_bytes())
+    model = schema.Model.GetRootAs(data, 0)
+    buffers = [model.Buffers(i) for i in range(model.BuffersLength())]
+    largest = max(buffers, key=lambda b: b.DataLength())
+    start, size = largest._tab.Vector(largest._tab.Offset(4)), largest.DataLength() // 4 * 4
+    values = [data[i:i + 4] for i in range(start, start + size, 4)]
+    data[start:start + size] = b"".join(reversed(values))
+    produced.write_bytes(bytes(data))
+    return produced
+
+onnx_edit.run_onnx2tf = run_onnx2tf
+sys.argv = ["export_tflite.py", *sys.argv[1:]]
+runpy.run_path("export_tflite.py", run_name="__main__")
+"""
+
+
+def test_a_conversion_that_fails_the_parity_check_keeps_the_earlier_pair(tflite_float32,
+                                                                         fixed_onnx, tmp_path):
+    """The float32 gate: the wrong model is measured against ONNX Runtime, refused (exit 1),
+    and the earlier .tflite and sidecar stay byte for byte; nothing temporary is left."""
+    out, before = earlier_pair(tflite_float32, tmp_path)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    proc = subprocess.run([sys.executable, "-c", WRONG_CONVERTER, "--onnx", str(fixed_onnx),
+                           "--out", str(out), "--check-images", str(SAMPLES / "friends.jpg")],
+                          cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TMPDIR": str(scratch),
+                               "CONVERTED": str(tflite_float32)})
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "wrote" not in proc.stdout
+    assert "| score (probability) |" in proc.stdout  # the parity table was printed
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: float32 parity above 0.001; the conversion is wrong, so {out} was left as it was")
+    assert {p.name: p.read_bytes() for p in out.parent.iterdir()} == before
+    assert not any(scratch.iterdir())
+
+
+def test_interrupted_export_keeps_the_earlier_pair(tflite_float32, fixed_onnx, tmp_path):
+    """Stopped inside onnx2tf (SIGTERM; Ctrl-C takes the same path): the earlier .tflite and
+    sidecar stay byte for byte, and no temporary file or folder is left beside them or in the
+    temporary folder."""
+    out, before = earlier_pair(tflite_float32, tmp_path)
+    models, scratch = out.parent, tmp_path / "tmp"
+    scratch.mkdir()
     proc = subprocess.Popen([sys.executable, str(REPO / "export_tflite.py"), "--onnx", fixed_onnx,
                              "--out", out, "--check-images", SAMPLES / "friends.jpg"],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -230,9 +286,9 @@ def test_interrupted_export_keeps_the_earlier_pair(tflite_float32, fixed_onnx, t
         assert time.monotonic() < deadline, "the export never reached onnx2tf"
         time.sleep(0.2)
     time.sleep(2)  # onnx2tf is building the TensorFlow graph
-    proc.send_signal(how)
+    proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == (143 if how == signal.SIGTERM else 130), stdout + stderr
+    assert proc.returncode == 143, stdout + stderr
     assert "Traceback" not in stderr and "wrote" not in stdout
     assert {p.name: p.read_bytes() for p in models.iterdir()} == before
     assert not any(scratch.iterdir())

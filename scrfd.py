@@ -7,8 +7,15 @@ in original-image pixels, and optionally one aligned 112x112 crop per face (--cr
     python scrfd.py                                   # data/friends.jpg -> results/friends.jpg
     python scrfd.py --image photos/ "more/*.png" --out /tmp/o --json /tmp/o/faces.jsonl
     python scrfd.py --image photos/ --blur --out /tmp/anonymised
+    python scrfd.py --image photos/ --blur --verify --out /tmp/anonymised  # any face left? exit 1
     python scrfd.py --image photos/ --crops /tmp/crops   # ArcFace-aligned faces for recognition
     python scrfd.py --image @archive.txt --blur --out /shared/anonymised --ray --threads 1
+
+--verify looks for faces again in every blurred image as written, with the run's model and a
+stronger one (--verify-model, default models/det_2.5g.onnx when present, at each image's full
+resolution), at the photo default score 0.5. It reports, per image, each face still detectable
+under a blur (the blur did not hide it) or never hidden (the run's detector missed it), and
+exits 1 if there is one; the images are written either way.
 
 Unreadable images are skipped with a warning and counted in the summary; the exit code is 0
 as long as at least one image was read (2, with a one-line error, when none could be).
@@ -25,13 +32,14 @@ on every node.
 """
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
 
 from tqdm import tqdm
 
-from scrfdkit.cli import (DEFAULT_IMAGE, DEFAULT_MODEL, RESULTS_DIR, ArgumentParser,
+from scrfdkit.cli import (DEFAULT_IMAGE, DEFAULT_MODEL, MODELS_DIR, RESULTS_DIR, ArgumentParser,
                           add_detector_arguments, add_face_output_arguments, check_model, cli,
                           display, positive_int, score_threshold)
 from scrfdkit.detector import SCRFD
@@ -39,6 +47,8 @@ from scrfdkit.errors import UserError
 from scrfdkit.files import (StagedOutputs, check_output_file, check_output_folder, find_images)
 from scrfdkit.photos import (JSON_NAME, Photo, PhotoOutputs, image_format, output_paths,
                              run_photos)
+from scrfdkit.privacy import (DEFAULT_VERIFY_MODEL, VERIFY_SCORE, Verifier, report_line,
+                              verify_photos)
 
 PROGRESS_FROM = 4  # a progress bar from this many images on; one line per image below it
 STAGES = ("read", "preprocess", "inference", "postprocess", "write")
@@ -66,6 +76,17 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--verbose", action="store_true",
                         help="one line per image instead of a progress bar")
     add_detector_arguments(parser, per="image")
+    parser.add_argument("--verify", action="store_true",
+                        help="with --blur: look for faces again in every written image, with the "
+                             f"run's model and --verify-model, at score >= {VERIFY_SCORE:g}; "
+                             "report each face still detectable, per image, and exit 1 if there "
+                             "is one")
+    parser.add_argument("--verify-model", type=Path, default=None, metavar="MODEL",
+                        help="the stronger detector for --verify; a dynamic ONNX model runs at "
+                             "each image's full resolution (default: "
+                             f"models/{DEFAULT_VERIFY_MODEL} when it exists, from "
+                             "`export_modified_onnx.py --download buffalo_m`; else the run's "
+                             "model checks alone)")
     parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                         help="run on a Ray cluster: no ADDRESS joins or starts one as Ray does "
                              "(RAY_ADDRESS, then a local `ray start` cluster, else a new one); "
@@ -140,6 +161,41 @@ def find_inputs(args) -> tuple[list, list[Path]]:
     return images, names
 
 
+def verifiers_for(args, detector: SCRFD) -> list[Verifier]:
+    """--verify's detectors: the run's model at the run's size, and the stronger one."""
+    if not args.verify:
+        return []
+    verifiers = [Verifier(detector.model_path, detector.input_hw, args.threads)]
+    stronger = args.verify_model or MODELS_DIR / DEFAULT_VERIFY_MODEL
+    if args.verify_model is None and not stronger.exists():
+        print(f"note: {display(stronger)} not found, so --verify checks with "
+              f"{display(detector.model_path)} alone")
+    else:
+        verifiers.append(Verifier(stronger, threads=args.threads))
+    return verifiers
+
+
+def verify(verifiers: list[Verifier], outputs: list[Path], json_path: Path, verbose: bool) -> int:
+    """--verify after the run: each image with a face still detectable, and 1 if there is one."""
+    records = [json.loads(line) for line in json_path.read_text().splitlines()]
+    checked = flagged = faces = 0
+    for output, left in tqdm(verify_photos(verifiers, outputs, records), total=len(records),
+                             unit="img", desc="verify", disable=verbose):
+        checked += 1
+        if left:
+            flagged, faces = flagged + 1, faces + len(left)
+            tqdm.write(f"warning: {report_line(output, left)}", file=sys.stderr)
+    names = " and ".join(verifier.name for verifier in verifiers)
+    print(f"verify: {checked} blurred image(s) checked by {names} at score >= {VERIFY_SCORE:g}: "
+          f"{faces} face(s) still detectable" + (f" in {flagged} image(s)" if faces else ""))
+    if faces:
+        print(f"error: faces still detectable in {flagged} of {checked} blurred image(s), listed "
+              "above; the images are written: check them, or blur again with a lower --score or "
+              "a larger model or --size", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     model_path = check_model(args.model)
@@ -148,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
                         "image files, folders or glob patterns")
     if args.ray_actors is not None and args.ray is None:
         raise UserError("--ray-actors needs --ray")
+    if args.verify_model is not None and not args.verify:
+        raise UserError("--verify-model needs --verify")
+    if args.verify and not args.blur:
+        raise UserError("--verify checks what --blur hid; add --blur")
     check_output_folder(args.out, "--out")
     if args.crops is not None:
         check_output_folder(args.crops, "--crops")
@@ -161,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     detector = SCRFD(**options)
     if args.crops and not detector.has_landmarks:
         raise UserError(f"--crops needs landmarks, and {display(model_path)} has none")
+    verifiers = verifiers_for(args, detector)
     print(f"model {display(model_path)}: {detector.runner.backend}, input "
           f"{detector.input_hw[0]}x{detector.input_hw[1]}, score >= {detector.score_threshold:g}"
           f"; {len(images)} image(s)")
@@ -187,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.crops is not None:
         print(f"aligned crops ({args.crop_size}x{args.crop_size}): {display(args.crops)}/")
     print(f"faces (JSON lines): {display(json_path)}")
-    return 0
+    return verify(verifiers, outputs, json_path, verbose) if verifiers else 0
 
 
 if __name__ == "__main__":

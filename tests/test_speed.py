@@ -281,6 +281,25 @@ def test_command_memory_sees_tensorflow(tmp_path, monkeypatch):
     (tmp_path / "tensorflow").mkdir()
     (tmp_path / "tensorflow" / "__init__.py").write_text("")
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+def test_latency_percentiles_mean_and_throughput_of_known_timings():
+    """1, 2, ..., 101 ms in three rounds of unequal length, shuffled: the p-th percentile of
+    101 evenly spaced samples is sample p + 1 exactly (no interpolation question), the mean
+    51 ms, and throughput one image per mean latency."""
+    samples = np.random.default_rng(7).permutation(np.arange(1, 102)) / 1e3
+    rounds = [samples[:30], samples[30:80], samples[80:]]
+    summary = timing.latency_summary(rounds)
+    assert summary["samples"] == 101 and summary["rounds"] == 3
+    assert summary["median_ms"] == pytest.approx(51.0)
+    assert summary["p90_ms"] == pytest.approx(91.0)
+    assert summary["p99_ms"] == pytest.approx(100.0)
+    assert summary["mean_ms"] == pytest.approx(51.0)
+    assert (summary["min_ms"], summary["max_ms"]) == pytest.approx((1.0, 101.0))
+    assert summary["throughput_fps"] == pytest.approx(1000 / 51)
+    medians = sorted(float(np.median(r)) * 1e3 for r in rounds)
+    assert (summary["round_median_min_ms"], summary["round_median_max_ms"]) == pytest.approx(
+        (medians[0], medians[-1]))
+
+
     dirty = memory_probe.command_memory(f"{sys.executable} -c 'import tensorflow'")
     assert dirty["tensorflow_imported"]
 

@@ -198,17 +198,20 @@ def test_ctrl_c_between_the_two_renames_waits_for_the_second(tmp_path, monkeypat
     """An interrupt landing after the model's rename still lets the sidecar follow it."""
     destination = _pair(tmp_path / "models", "old")
     staged = _pair(tmp_path / "stage", "new")
-    real_replace = os.replace
+    real_replace, renamed = os.replace, []
 
-    def replace_then_interrupt(source, destination):
-        real_replace(source, destination)
-        if Path(destination) == destination:
+    def replace_then_interrupt(source, target):
+        real_replace(source, target)
+        renamed.append(Path(target))
+        if Path(target) == destination:  # the model is in place, its sidecar not yet
             signal.raise_signal(signal.SIGINT)
 
     monkeypatch.setattr(os, "replace", replace_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         replace_model(staged, destination)
-    assert destination.read_text() == "model new" and metadata_path(destination).read_text() == "sidecar new"
+    assert renamed == [destination, metadata_path(destination)]  # the interrupt came in between
+    assert destination.read_text() == "model new"
+    assert metadata_path(destination).read_text() == "sidecar new"
 
 
 def test_a_lone_tflite_describes_itself(tflite_float32, samples_dir, tmp_path):

@@ -117,7 +117,10 @@ def test_timing_run_writes_every_field(fixed_onnx, tflite_float32, tflite_int8, 
                       "--eval-results", tmp_path / "none", "--json", paths["json"],
                       "--csv", paths["csv"], "--markdown", paths["md"])
     result = json.loads(paths["json"].read_text())
-    rows = result["rows"]
+    usable = [b for b, why in backends.gpu_status().items() if why is None]
+    gpu_rows = [r for r in result["rows"] if r["backend"] in backends.GPU_BACKENDS]
+    assert {r["backend"] for r in gpu_rows} <= set(usable)  # auto: a GPU backend only if usable
+    rows = [r for r in result["rows"] if r not in gpu_rows]
     assert {r["backend"] for r in rows} == {"onnxruntime", "litert"} and len(rows) == 3
     required = ["median_ms", "p90_ms", "p99_ms", "round_median_min_ms", "round_median_max_ms",
                 "cpu_median_ms", "throughput_fps", "e2e_read_ms", "e2e_preprocess_ms",
@@ -133,14 +136,19 @@ def test_timing_run_writes_every_field(fixed_onnx, tflite_float32, tflite_int8, 
         assert stages <= row["e2e_total_ms"] * 1.5  # medians of parts against the median whole
     assert {r["precision"] for r in rows} == {"float32", "int8"}
     names = {r["ratio"] for r in result["ratios"]}
-    assert names == {"LiteRT float32 / ONNX Runtime float32", "LiteRT int8 / LiteRT float32"}
+    cpu_ratios = {"LiteRT float32 / ONNX Runtime float32", "LiteRT int8 / LiteRT float32"}
+    assert names == cpu_ratios if not gpu_rows else cpu_ratios <= names
     assert result["model_statistics"] and "measurements" in result
     with open(paths["csv"]) as handle:
-        assert len(list(csv.DictReader(handle))) == 3
+        assert len(list(csv.DictReader(handle))) == 3 + len(gpu_rows)
     table = paths["md"].read_text()
     assert "| Model | Input | Precision | Backend |" in table and "LiteRT float32 / ONNX" in table
     assert "no speed-accuracy plot" in proc.stdout
-    assert "GPU: none usable here" in proc.stdout  # this machine has none; say so
+    if usable:  # a GPU machine names what it can use, and never claims to have none
+        assert "GPU: none usable here" not in proc.stdout
+        assert all(f"{b}: available" in proc.stdout for b in usable), proc.stdout
+    else:
+        assert "GPU: none usable here" in proc.stdout  # this machine has none; say so
     for text in (proc.stdout, table):
         assert "target" not in text.lower() and " met" not in text
 
@@ -273,14 +281,6 @@ def test_latency_summary_and_paired_ratio():
     assert ratio == {"value": pytest.approx(1.75), "round_min": 1.5, "round_max": 2.0}
 
 
-def test_command_memory_sees_tensorflow(tmp_path, monkeypatch):
-    """The scrfd.py check: peak RSS of any command and whether it imported TensorFlow."""
-    clean = memory_probe.command_memory(f"{sys.executable} -c 'import numpy'")
-    assert clean["exit_code"] == 0 and not clean["tensorflow_imported"]
-    assert 5e6 < clean["peak_rss"] < 150e6  # the child alone, not this (large) test process
-    (tmp_path / "tensorflow").mkdir()
-    (tmp_path / "tensorflow" / "__init__.py").write_text("")
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
 def test_latency_percentiles_mean_and_throughput_of_known_timings():
     """1, 2, ..., 101 ms in three rounds of unequal length, shuffled: the p-th percentile of
     101 evenly spaced samples is sample p + 1 exactly (no interpolation question), the mean
@@ -300,6 +300,14 @@ def test_latency_percentiles_mean_and_throughput_of_known_timings():
         (medians[0], medians[-1]))
 
 
+def test_command_memory_sees_tensorflow(tmp_path, monkeypatch):
+    """The scrfd.py check: peak RSS of any command and whether it imported TensorFlow."""
+    clean = memory_probe.command_memory(f"{sys.executable} -c 'import numpy'")
+    assert clean["exit_code"] == 0 and not clean["tensorflow_imported"]
+    assert 5e6 < clean["peak_rss"] < 150e6  # the child alone, not this (large) test process
+    (tmp_path / "tensorflow").mkdir()
+    (tmp_path / "tensorflow" / "__init__.py").write_text("")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     dirty = memory_probe.command_memory(f"{sys.executable} -c 'import tensorflow'")
     assert dirty["tensorflow_imported"]
 

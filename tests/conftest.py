@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -271,3 +272,20 @@ def tflite_float32(fixed_onnx, cache_dir) -> Path:
 @pytest.fixture(scope="session")
 def tflite_int8(fixed_onnx, cache_dir, wider_dir) -> Path:
     return _export(fixed_onnx, cache_dir, "int8", wider_dir)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[str]:
+    """One local Ray cluster (two CPUs, no dashboard) for a test module's --ray runs, which join
+    it by its address instead of each starting their own. This process starts it and stops it
+    (ray.shutdown) when the module is done; a cluster already running here is left alone."""
+    import logging
+
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=2, include_dashboard=False,
+             logging_level=logging.ERROR, log_to_driver=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+

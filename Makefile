@@ -16,7 +16,7 @@ comma := ,
 HW_NAME := $(subst $(comma),x,$(HW))
 DEMO_MODEL := models/scrfd500m_$(HW_NAME)_float32.tflite
 
-.PHONY: demo setup test test-inference data docs exports compare clean
+.PHONY: demo setup test test-readme test-inference data docs exports compare clean
 .DEFAULT_GOAL := demo
 
 demo: setup $(DEMO_MODEL)
@@ -42,10 +42,16 @@ models/det_500m_$(HW_NAME).onnx: models/det_500m.onnx
 $(DEMO_MODEL): models/det_500m_$(HW_NAME).onnx
 	$(RUN) export_tflite.py --onnx $<
 
-# WIDER FACE for calibration and evaluation: linked, never copied.
+# WIDER FACE (calibration, evaluation), the sample photos and videos, the peer detectors:
+# linked from SHARED, never copied. Elsewhere: docs/data.md says where to get each.
+SAMPLES_SRC ?= $(SHARED)/samples
+PEERS_SRC ?= $(MODELS_SRC)/peers
 data:
-	@for d in WIDER_val ground_truth wider_face_split; do \
+	@for d in WIDER_val ground_truth wider_face_split dev_images.txt; do \
 	  [ -e data/$$d ] || [ ! -e "$(WIDER_SRC)/$$d" ] || ln -s "$$(cd "$(WIDER_SRC)" && pwd)/$$d" data/$$d; done
+	@[ -e data/samples ] || [ ! -d "$(SAMPLES_SRC)" ] || ln -s "$$(cd "$(SAMPLES_SRC)" && pwd)" data/samples
+	@mkdir -p models; [ -e models/peers ] || [ ! -d "$(PEERS_SRC)" ] || ln -s "$$(cd "$(PEERS_SRC)" && pwd)" models/peers
+	@ls data
 
 # The README's pictures, made by scrfd.py from the demo photo: annotated, blurred, aligned crops.
 docs: demo
@@ -82,16 +88,21 @@ compare: exports
 	$(RUN) compare_detectors.py --detectors $(PEERS) --threads 1 --eval-results 'results/compare/**/results.json'
 
 test: setup
-	SCRFD_SHARED=$(SHARED) $(RUN) -m pytest tests -q
+	SCRFD_SHARED=$(SHARED) $(RUN) -m pytest tests -q -m "not readme"
+
+# The README's step-by-step block, as written, in a fresh clone beside SHARED (a few minutes).
+test-readme: setup
+	SCRFD_SHARED=$(SHARED) $(RUN) -m pytest tests -q -m readme
 
 # The tests marked `inference` (those whose outcome depends on the inference packages' versions)
-# again, in an environment made from requirements-inference.txt alone (no TensorFlow; current
-# numpy, OpenCV, ONNX Runtime, LiteRT) plus Ray (requirements-scale.txt). Uses the exports
-# `make test` left in .cache/tests/<key>, made by the same exporter code from the same model.
-$(INFERENCE_VENV)/.installed: requirements-inference.txt requirements-scale.txt
+# again, in an environment made by `pip install .` alone (the package with its inference
+# dependencies: no TensorFlow; current numpy, OpenCV, ONNX Runtime, LiteRT) plus Ray
+# (requirements-scale.txt). Uses the exports `make test` left in .cache/tests/<key>, made by the
+# same exporter code from the same model.
+$(INFERENCE_VENV)/.installed: pyproject.toml requirements-scale.txt
 	$(PYTHON) -m venv $(INFERENCE_VENV)
 	$(INFERENCE_VENV)/bin/pip install --quiet --upgrade pip
-	$(INFERENCE_VENV)/bin/pip install --quiet -r requirements-inference.txt
+	$(INFERENCE_VENV)/bin/pip install --quiet .
 	$(INFERENCE_VENV)/bin/pip install --quiet -r requirements-scale.txt pytest==9.2.0
 	touch $@
 

@@ -21,6 +21,7 @@ always runs here, after them.
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -30,11 +31,11 @@ import numpy as np
 from scrfdkit.bench.memory_probe import DETECT_RSS_RUNS, detector_memory
 from scrfdkit.bench.model_grid import GRID_SIZES, expand_models, grid_models
 from scrfdkit.bench.speed import csv_rows
-from scrfdkit.cli import (DATA_DIR, DEFAULT_WIDER, MODELS_DIR, RESULTS_DIR, ArgumentParser, cli,
-                          parse_hw, positive_int)
+from scrfdkit.cli import (DATA_DIR, DEFAULT_WIDER, MODELS_DIR, PEERS_DIR, RESULTS_DIR, ArgumentParser,
+                          cli, display, parse_hw, positive_int)
 from scrfdkit.compare.comparison import (ROUGH_KEY, comparison_table, eval_index, mark_pareto,
                                          plot_comparison, result_key)
-from scrfdkit.compare.peers import (DEFAULT_PEERS_DIR, PEERS, PEERS_DIR_ENV, available_peers,
+from scrfdkit.compare.peers import (PEERS, PEERS_DIR_ENV, available_peers,
                                     make_detector, open_detector, peers_dir)
 from scrfdkit.defaults import DEFAULT_INPUT_HW
 from scrfdkit.errors import UserError
@@ -97,8 +98,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              f"the APs from (default {DEFAULT_EVAL})")
     parser.add_argument("--no-rss", action="store_true",
                         help="skip the fresh-process peak-RSS measurement of every detector")
-    parser.add_argument("--peers-dir", type=Path, default=None,
-                        help=f"peer models folder (default ${PEERS_DIR_ENV} or {DEFAULT_PEERS_DIR})")
+    parser.add_argument("--peers-dir", type=Path,
+                        default=os.environ.get(PEERS_DIR_ENV) or display(PEERS_DIR),
+                        help=f"peer models folder (default ${PEERS_DIR_ENV} or {display(PEERS_DIR)})")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="where compare.md, compare.csv and compare.png go (default results/compare)")
     parser.add_argument("--evaluate", action="store_true",

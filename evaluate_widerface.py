@@ -28,9 +28,9 @@ from functools import partial
 from pathlib import Path
 
 from scrfdkit.bench.model_stats import model_flops
-from scrfdkit.cli import (DEFAULT_WIDER, RESULTS_DIR, ArgumentParser, cli, fraction, parse_hw,
-                          positive_int)
-from scrfdkit.compare.peers import PEERS, make_detector
+from scrfdkit.cli import (DEFAULT_WIDER, PEERS_DIR, RESULTS_DIR, ArgumentParser, cli, display,
+                          fraction, parse_hw, positive_int)
+from scrfdkit.compare.peers import PEERS, PEERS_DIR_ENV, make_detector
 from scrfdkit.compare.peers import model_path as peer_model_path
 from scrfdkit.defaults import (DEFAULT_INPUT_HW, EVAL_NMS_THRESHOLD, EVAL_SCORE_THRESHOLD,
                                SCORE_THRESHOLD)
@@ -91,6 +91,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="input H,W, multiples of 32 (default 640,640; .tflite exports run at "
                              "their own size; repeat with --grid)")
     add_wider_arguments(parser, default=None)
+    parser.add_argument("--peers-dir", type=Path, default=os.environ.get(PEERS_DIR_ENV) or PEERS_DIR,
+                        help=f"with --detector: the peer models' folder (default ${PEERS_DIR_ENV} or "
+                             f"{display(PEERS_DIR)})")
     parser.add_argument("--protocol", choices=PROTOCOLS, default=None,
                         help="official only (default), or also rough detection: rough-iou "
                              f"(IoU >= {ROUGH_IOU:g}), rough-center (centre inside the face), "
@@ -147,7 +150,7 @@ def check_options(args: argparse.Namespace) -> None:
     elif args.detector:
         if args.model or args.predictions:
             raise UserError("give either --detector or --model / --predictions / --grid")
-        peer_model_path(args.detector)  # unknown name, missing package or model: UserError
+        peer_model_path(args.detector, args.peers_dir)  # unknown, missing package or model
     else:
         if len(args.model) > 1 or len(args.size) > 1:
             raise UserError("several --model or --size values need --grid")
@@ -204,6 +207,7 @@ def main(argv: list[str] | None = None) -> None:
         args.wider or (None if resuming(args) else DEFAULT_WIDER), args.images_list,
         args.protocol, args.predictions, args.analyze,
         args.operating_score, args.score_threshold, args.nms_threshold, open_peer=make_detector,
+        peers_dir=args.peers_dir,
         threads=args.threads or (1 if args.ray is not None else os.cpu_count() or 1))
     if args.grid:
         run_grid(args, settings, out)

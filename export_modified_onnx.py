@@ -17,20 +17,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from scrfdkit.cli import ArgumentParser, cli, parse_hw, positive_int
+from scrfdkit.cli import (DEFAULT_IMAGE, MODELS_DIR, ArgumentParser, cli, display, parse_hw,
+                          positive_int)
 from scrfdkit.errors import UserError
 from scrfdkit.export.model_files import check_output_path
-from scrfdkit.export.onnx_edit import (DEFAULT_OPSET, MODEL_URL_ENV, RELEASES, canonical_outputs,
+from scrfdkit.export.onnx_edit import (DEFAULT_OPSET, DOWNLOAD_TIME_LIMIT, MODEL_URL_ENV,
+                                       READ_TIMEOUT, RELEASES, canonical_outputs,
                                        check_download_url, check_image, download, fix_input,
                                        highest_opset, input_hw, load_onnx, opset_of,
                                        parity_with_source, release_url, resize_sizes_to_scales,
                                        run_onnx, simplify, upgrade_opset)
-from scrfdkit.files import atomic_path, check_writable_folder, sha256_of
+from scrfdkit.files import atomic_path, check_outputs, check_writable_folder, sha256_of
 
-MODELS_DIR = Path("models")  # relative to the working folder, as the README's commands are
 DEFAULT_MODEL = MODELS_DIR / "det_500m.onnx"
 DEFAULT_HW = "480,640"
-DEFAULT_CHECK_IMAGE = Path("data/friends.jpg")
+DEFAULT_CHECK_IMAGE = DEFAULT_IMAGE
 PARITY_TOLERANCE = 1e-4  # the edits are exact; anything above this is a broken graph
 
 
@@ -69,13 +70,13 @@ def export(source: Path, out: Path, height: int, width: int, opset: int, check_p
     print(f"input 1x3x{height}x{width}, opset {opset_of(model)}, {len(model.graph.node)} nodes "
           f"({', '.join(ops)})")
     print(f"outputs: {', '.join(names)}")
-    print(f"wrote {out}")
+    print(f"wrote {display(out)}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = ArgumentParser(__doc__)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL,
-                        help=f"SCRFD ONNX model to fix (default {DEFAULT_MODEL})")
+                        help=f"SCRFD ONNX model to fix (default {display(DEFAULT_MODEL)})")
     parser.add_argument("--hw", default=DEFAULT_HW,
                         help=f"input height,width, multiples of 32 (default {DEFAULT_HW})")
     parser.add_argument("--out", type=Path, default=None,
@@ -92,8 +93,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="fetch the detector of an InsightFace model pack into --models-dir "
                              "(buffalo_sc: det_500m, buffalo_m: det_2.5g, buffalo_l: det_10g), "
                              "checking its sha256")
+    parser.add_argument("--download-timeout", type=positive_int, default=int(DOWNLOAD_TIME_LIMIT),
+                        metavar="SECONDS",
+                        help="give a --download up when it takes longer than this in all "
+                             f"(default {DOWNLOAD_TIME_LIMIT:g} s), or when no data comes for "
+                             f"{READ_TIMEOUT:g} s")
     parser.add_argument("--models-dir", type=Path, default=MODELS_DIR,
-                        help=f"where --download puts models (default {MODELS_DIR})")
+                        help=f"where --download puts models (default {display(MODELS_DIR)})")
     parser.add_argument("--mirror", default=release_url(),
                         help="folder URL holding the release archives (<URL>/buffalo_sc.zip ...; "
                              f"default: ${MODEL_URL_ENV} when set, else InsightFace's v0.7 "
@@ -106,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.download:
         check_download_url(args.mirror)
         check_writable_folder(args.models_dir, f"--models-dir {args.models_dir}")
-        download(args.download, args.models_dir, args.mirror)
+        download(args.download, args.models_dir, args.mirror, args.download_timeout)
         return
     height, width = parse_hw(args.hw)
     if args.opset > highest_opset():
@@ -114,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
                         f"and check; choose at most {highest_opset()} (default {DEFAULT_OPSET})")
     out = args.out or MODELS_DIR / f"{args.model.stem}_{height}x{width}.onnx"
     check_output_path(out, ".onnx", inputs=[args.model])
+    check_outputs({"--out": out}, [args.model, args.check_image])
     export(args.model, out, height, width, args.opset, args.check_image)
 
 

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from scrfdkit.cli import ArgumentParser, cli, positive_int
+from scrfdkit.cli import (DATA_DIR, DEFAULT_IMAGE, MODELS_DIR, ArgumentParser, cli, display,
+                          positive_int)
 from scrfdkit.decode import INPUT_MEAN, INPUT_STD, KINDS, STRIDES, identify_outputs
 from scrfdkit.errors import UserError
 from scrfdkit.export.int8 import (calibration_images, calibration_tensor, prepare_int8_onnx,
@@ -36,22 +37,21 @@ from scrfdkit.export.model_files import (check_output_path, embed_metadata, repl
                                          write_metadata)
 from scrfdkit.export.onnx_edit import onnx2tf_test_data, onnx_metadata, run_onnx2tf, static_input
 from scrfdkit.export.parity import FLOAT32_TOLERANCE, parity, parity_table, worst_error
-from scrfdkit.files import find_images, sha256_of
+from scrfdkit.files import Output, check_outputs, find_images, sha256_of
 from scrfdkit.metadata import TFLITE_SHA256, export_family, export_name, metadata_path
 from scrfdkit.runners import OnnxRunner, tflite_interpreter
 
-MODELS_DIR = Path("models")  # relative to the working folder, as the README's commands are
 DEFAULT_ONNX = MODELS_DIR / "det_500m_480x640.onnx"
-DEFAULT_CALIB = Path("data/WIDER_val/images")
+DEFAULT_CALIB = DATA_DIR / "WIDER_val" / "images"  # make data links it
 DEFAULT_CALIB_COUNT = 200
-DEFAULT_CHECK_IMAGES = [Path("data/friends.jpg")]
+DEFAULT_CHECK_IMAGES = [DEFAULT_IMAGE]
 CALIB_CHECK_PHOTOS = 4  # calibration photos added to the parity check when calibrating
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = ArgumentParser(__doc__)
     parser.add_argument("--onnx", type=Path, default=DEFAULT_ONNX,
-                        help=f"fixed-size ONNX from export_modified_onnx.py (default {DEFAULT_ONNX})")
+                        help=f"fixed-size ONNX from export_modified_onnx.py (default {display(DEFAULT_ONNX)})")
     kind = parser.add_mutually_exclusive_group()
     kind.add_argument("--int8", "--int", dest="int8", action="store_true",
                       help="full-integer int8 quantization calibrated on --calib (--int is the "
@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     kind.add_argument("--dynamic", action="store_true",
                       help="dynamic-range quantization: int8 weights, float activations")
     parser.add_argument("--calib", type=Path, default=DEFAULT_CALIB,
-                        help=f"folder of photos for int8 calibration (default {DEFAULT_CALIB})")
+                        help=f"folder of photos for int8 calibration (default {display(DEFAULT_CALIB)})")
     parser.add_argument("--calib-count", type=positive_int, default=DEFAULT_CALIB_COUNT,
                         help="calibration images, spread over the folder, at least 1 "
                              f"(default {DEFAULT_CALIB_COUNT})")
@@ -118,7 +118,12 @@ def build_metadata(tflite_path: Path, onnx_path: Path, family: str, precision: s
 
 
 def parity_photos(check_images: list[Path], calib_paths: list[Path]) -> list[Path]:
-    """The --check-images that exist, plus a few calibration photos when calibrating."""
+    """The --check-images (every one given must exist; the default may be missing), plus a
+    few calibration photos when calibrating."""
+    if check_images != DEFAULT_CHECK_IMAGES:
+        missing = [p for p in check_images if not p.exists()]
+        if missing:
+            raise UserError(f"--check-images {missing[0]}: no such file or folder")
     existing = [p for p in check_images if p.exists()]
     photos = find_images(existing) if existing else []
     photos += calib_paths[:: max(1, len(calib_paths) // CALIB_CHECK_PHOTOS)][:CALIB_CHECK_PHOTOS]
@@ -129,13 +134,17 @@ def parity_photos(check_images: list[Path], calib_paths: list[Path]) -> list[Pat
 
 def convert(args: argparse.Namespace, precision: str, calib: np.ndarray | None,
             test_data: np.ndarray, workdir: Path) -> tuple[Path, dict | None]:
-    """onnx2tf (and for int8 the recipe before it and our quantizer after it): the .tflite."""
+    """onnx2tf (and for int8 the recipe before it and our quantizer after it): the .tflite.
+    The converter gets a copy of --onnx: onnx2tf saves over the model it is given."""
+    source = workdir / "source" / args.onnx.name
+    source.parent.mkdir()
+    shutil.copyfile(args.onnx, source)
     if precision != "int8":
-        return run_onnx2tf(args.onnx, precision, workdir, test_data), None
+        return run_onnx2tf(source, precision, workdir, test_data), None
     started = time.perf_counter()
     per_channel = args.quant_type == "per-channel"
     prepared = workdir / args.onnx.name
-    recipe = prepare_int8_onnx(args.onnx, calib, per_channel, prepared)
+    recipe = prepare_int8_onnx(source, calib, per_channel, prepared)
     print(f"int8: equalized {recipe['equalized_pairs']} conv pairs, rounded "
           f"{recipe['rounded_convs']} convs' weights on {recipe['stats_images']} images "
           f"({time.perf_counter() - started:.0f} s)")
@@ -161,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
                            source.has_landmarks)
     out = args.out or MODELS_DIR / export_name(family, (height, width), precision)
     check_output_path(out, ".tflite", inputs=[args.onnx])
+    check_outputs([Output("--out", out), Output("--out", metadata_path(out),
+                                                f"the sidecar {metadata_path(out)} of --out")],
+                  [args.onnx, *args.check_images])
 
     calib_paths: list[Path] = []
     calib = None
@@ -190,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"wrong, so {out} was left as it was", file=sys.stderr)
                 return 1
             replace_model(staged, out)
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {precision}) and {metadata_path(out)}")
+    print(f"wrote {display(out)} ({out.stat().st_size / 1e6:.2f} MB, {precision}) and "
+          f"{display(metadata_path(out))}")
     return 0
 
 

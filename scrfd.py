@@ -20,7 +20,8 @@ exits 1 if there is one; the images are written either way.
 Unreadable images are skipped with a warning and counted in the summary; the exit code is 0
 as long as at least one image was read (2, with a one-line error, when none could be).
 Outputs are written under temporary names and renamed into place together at the end: an
-interrupted or failed run leaves earlier results untouched.
+interrupted or failed run leaves earlier results untouched. Every output path is checked
+against every input and every other output before any work: none is ever overwritten.
 
 --ray runs the same job on a Ray cluster (pip install -r requirements-scale.txt), as in the
 last example: a pool of actors, one model each, reads, detects and writes; the outputs and
@@ -44,11 +45,14 @@ from scrfdkit.cli import (DEFAULT_IMAGE, DEFAULT_MODEL, MODELS_DIR, RESULTS_DIR,
                           display, positive_int, score_threshold)
 from scrfdkit.detector import SCRFD
 from scrfdkit.errors import UserError
-from scrfdkit.files import (StagedOutputs, check_output_file, check_output_folder, find_images)
-from scrfdkit.photos import (JSON_NAME, Photo, PhotoOutputs, image_format, output_paths,
-                             run_photos)
+from scrfdkit.files import (STDOUT, Output, StagedOutputs, check_output_file, check_output_folder,
+                            check_outputs, find_images)
+from scrfdkit.metadata import metadata_path
+from scrfdkit.photos import (JSON_NAME, NAMING, Photo, PhotoOutputs, image_format, output_paths,
+                             planned_outputs, run_photos)
 from scrfdkit.privacy import (DEFAULT_VERIFY_MODEL, VERIFY_SCORE, Verifier, report_line,
                               verify_photos)
+from scrfdkit.scale.reach import CONNECT_TIMEOUT, check_reachable
 
 PROGRESS_FROM = 4  # a progress bar from this many images on; one line per image below it
 STAGES = ("read", "preprocess", "inference", "postprocess", "write")
@@ -64,14 +68,14 @@ def parse_args(argv: list[str] | None = None):
                              "@LIST reads more of them from a text file, one a line "
                              "(default: data/friends.jpg)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR,
-                        help="folder for the annotated images, named like the inputs "
-                             "(default: results/)")
+                        help=f"folder for the annotated images (default: results/); {NAMING}")
     parser.add_argument("--format", default=None, metavar="EXT",
                         help="write annotated images in this format, e.g. png or jpg (default: "
                              "the input's own format, PNG where OpenCV cannot write that)")
     parser.add_argument("--json", type=Path, default=None,
                         help=f"JSON lines file: one line per image with path, size and faces "
-                             f"(default: <out>/{JSON_NAME})")
+                             f"(default: <out>/{JSON_NAME}); - writes them to standard output "
+                             "(and the messages to standard error)")
     add_face_output_arguments(parser, crop_name="<image>_face<N>.png")
     parser.add_argument("--verbose", action="store_true",
                         help="one line per image instead of a progress bar")
@@ -91,7 +95,8 @@ def parse_args(argv: list[str] | None = None):
                         help="run on a Ray cluster: no ADDRESS joins or starts one as Ray does "
                              "(RAY_ADDRESS, then a local `ray start` cluster, else a new one); "
                              "'auto', host:port or ray://host:10001 name one, 'local' always "
-                             "starts a new one here")
+                             f"starts a new one here; a named address that takes no connection "
+                             f"within {CONNECT_TIMEOUT:g} s is an error")
     parser.add_argument("--ray-actors", type=positive_int, default=None, metavar="N",
                         help="with --ray: N detector actors of --threads threads each "
                              "(default: as many as the cluster's CPUs hold; one thread per "
@@ -106,8 +111,10 @@ def list_file_line(line: str) -> list[str]:
 
 
 def detect_here(detector: SCRFD, images: list[Path], outputs: list[Path], json_path: Path,
-                settings: PhotoOutputs, verbose: bool) -> tuple[list[Path], int, float, dict]:
-    """The single-process run: (unreadable images, faces, seconds, seconds per stage)."""
+                settings: PhotoOutputs, verbose: bool, report=sys.stdout
+                ) -> tuple[list[Path], int, float, dict]:
+    """The single-process run: (unreadable images, faces, seconds, seconds per stage).
+    Messages go to `report`; JSON lines to json_path, or to standard output for `-`."""
     failed: list[str] = []
     lines: list[str] = []
     faces = 0
@@ -123,12 +130,14 @@ def detect_here(detector: SCRFD, images: list[Path], outputs: list[Path], json_p
             totals[stage] += seconds
         bar.update()
         bar.set_postfix(faces=faces, refresh=False)
+        if photo.note:
+            tqdm.write(f"warning: {photo.note}", file=sys.stderr)
         if photo.error:
             tqdm.write(f"warning: {photo.error}; skipped", file=sys.stderr)
             failed.append(photo.source)
         elif verbose:
             print(f"{display(photo.source)}: {photo.faces} face{'s' * (photo.faces != 1)} "
-                  f"({photo.seconds['inference'] * 1000:.0f} ms)")
+                  f"({photo.seconds['inference'] * 1000:.0f} ms)", file=report)
 
     with StagedOutputs() as staged, bar:
         try:
@@ -139,26 +148,49 @@ def detect_here(detector: SCRFD, images: list[Path], outputs: list[Path], json_p
             raise
         if len(failed) == len(images):
             raise UserError(f"none of the {len(images)} image(s) could be read")
-        staged.path(json_path).write_text("".join(lines))
+        if str(json_path) != STDOUT:
+            staged.write_text(json_path, "".join(lines))
         staged.commit()
+    if str(json_path) == STDOUT:
+        sys.stdout.write("".join(lines))
+        sys.stdout.flush()
     return failed, faces, time.perf_counter() - started, totals
 
 
-def find_inputs(args) -> tuple[list, list[Path]]:
-    """The photos, and the paths that name their outputs (a URI's host and path, with --ray)."""
+def find_inputs(args, skipped: list[str]) -> tuple[list, list[Path]]:
+    """The photos, and the paths that name their outputs (a URI's host and path, with --ray);
+    what folder scans passed over (broken links...) is warned about and added to `skipped`."""
     exclude = [args.out] + ([args.crops] if args.crops else [])
     if args.ray is not None:
         from scrfdkit.scale import ray_jobs as distributed  # Ray only when asked for
-        images = distributed.find_sources(args.image, exclude)
+        images = distributed.find_sources(args.image, exclude, skipped)
         names = [distributed.local_name(source) for source in images]
     else:
         remote = [str(p) for p in args.image if "://" in str(p)]
         if remote:
             raise UserError(f"--image {remote[0]}: URIs are read by --ray runs only")
-        images = names = find_images(args.image, exclude=exclude)
+        images = names = find_images(args.image, exclude=exclude, skipped=skipped)
     if not images:
         raise UserError(f"no images found in {' '.join(map(str, args.image))}")
     return images, names
+
+
+def check_run_outputs(args, images: list, outputs: list[Path], settings: PhotoOutputs,
+                      model_path: Path) -> Path:
+    """Every output (annotated images, crops, JSON lines) against every input (photos, the
+    model and its sidecar) and against each other, before any work; returns the JSON path."""
+    json_path = check_output_file(args.json or args.out / JSON_NAME, "--json", stdout=True)
+    if str(json_path) == STDOUT and args.ray is not None:
+        raise UserError("--json -: JSON lines go to standard output in single-process runs; "
+                        "with --ray give a file")
+    if str(json_path) == STDOUT and args.verify:
+        raise UserError("--json -: --verify reads the JSON lines back from their file; give "
+                        "--json a file")
+    planned = planned_outputs(images, outputs, settings)
+    if str(json_path) != STDOUT:
+        planned.append(Output("--json", json_path))
+    check_outputs(planned, [*images, model_path, metadata_path(model_path)])
+    return json_path
 
 
 def verifiers_for(args, detector: SCRFD) -> list[Verifier]:
@@ -208,12 +240,17 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--verify-model needs --verify")
     if args.verify and not args.blur:
         raise UserError("--verify checks what --blur hid; add --blur")
+    if args.ray is not None:
+        check_reachable(args.ray)
     check_output_folder(args.out, "--out")
     if args.crops is not None:
         check_output_folder(args.crops, "--crops")
-    images, names = find_inputs(args)
+    skipped: list[str] = []
+    images, names = find_inputs(args, skipped)
     outputs = output_paths(names, args.out, image_format(args.format))
-    json_path = check_output_file(args.json or args.out / JSON_NAME, "--json", inputs=names)
+    settings = PhotoOutputs(args.out, args.blur, args.crops, args.crop_size)
+    json_path = check_run_outputs(args, names, outputs, settings, model_path)
+    report = sys.stderr if str(json_path) == STDOUT else sys.stdout
 
     options = dict(model_path=model_path, input_hw=args.size, nms_threshold=args.nms,
                    score_threshold=score_threshold(args), max_faces=args.max_faces,
@@ -224,8 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     verifiers = verifiers_for(args, detector)
     print(f"model {display(model_path)}: {detector.runner.backend}, input "
           f"{detector.input_hw[0]}x{detector.input_hw[1]}, score >= {detector.score_threshold:g}"
-          f"; {len(images)} image(s)")
-    settings = PhotoOutputs(args.out, args.blur, args.crops, args.crop_size)
+          f"; {len(images)} image(s)", file=report)
     verbose = args.verbose or len(images) < PROGRESS_FROM
     if args.ray is not None:
         from scrfdkit.scale import ray_jobs as distributed
@@ -235,19 +271,23 @@ def main(argv: list[str] | None = None) -> int:
         overlap = "summed over the actors; in each, reading and writing overlap inference"
     else:
         failed, faces, elapsed, stages = detect_here(detector, images, outputs, json_path,
-                                                     settings, verbose)
+                                                     settings, verbose, report)
         overlap = "reading and writing overlap inference"
 
     done = len(images) - len(failed)
     per_image = ", ".join(f"{key} {spent / done * 1000:.1f} ms" for key, spent in stages.items())
     unreadable = f", {len(failed)} unreadable (skipped)" if failed else ""
+    passed = f", {len(skipped)} more passed over in folders (see the warnings)" if skipped else ""
     print(f"summary: {len(images)} image(s): {done} {'anonymised' if args.blur else 'annotated'}"
-          f"{unreadable}; {faces} face(s); {done / elapsed:.1f} images/s overall")
-    print(f"mean per image: {per_image} ({overlap})")
-    print(f"{'blurred' if args.blur else 'annotated'} images: {display(args.out)}/")
+          f"{unreadable}{passed}; {faces} face(s); {done / elapsed:.1f} images/s overall",
+          file=report)
+    print(f"mean per image: {per_image} ({overlap})", file=report)
+    print(f"{'blurred' if args.blur else 'annotated'} images: {display(args.out)}/", file=report)
     if args.crops is not None:
-        print(f"aligned crops ({args.crop_size}x{args.crop_size}): {display(args.crops)}/")
-    print(f"faces (JSON lines): {display(json_path)}")
+        print(f"aligned crops ({args.crop_size}x{args.crop_size}): {display(args.crops)}/",
+              file=report)
+    where = "standard output" if str(json_path) == STDOUT else display(json_path)
+    print(f"faces (JSON lines): {where}", file=report)
     return verify(verifiers, outputs, json_path, verbose) if verifiers else 0
 
 

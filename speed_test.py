@@ -39,7 +39,9 @@ from scrfdkit.cli import (DATA_DIR, MODELS_DIR, REPO, RESULTS_DIR, ArgumentParse
                           parse_hw, positive_int)
 from scrfdkit.defaults import EVAL_NMS_THRESHOLD, EVAL_SCORE_THRESHOLD
 from scrfdkit.errors import UserError
-from scrfdkit.files import atomic_write, check_output_file, read_image
+from scrfdkit.ap_results import result_files
+from scrfdkit.files import atomic_write, check_output_file, check_outputs, read_image
+from scrfdkit.metadata import MODEL_SUFFIXES, metadata_path
 from scrfdkit.tables import write_csv, write_markdown
 from scrfdkit.timing import environment
 
@@ -122,17 +124,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def check_inputs(args: argparse.Namespace) -> Path | None:
-    """Every option checked before any work: the photo decodes, the outputs can be written."""
+    """Every option checked before any work: the photo decodes, the outputs can be written,
+    and none of them is an input (a model, its sidecar, the photo, an evaluation result) or
+    another output of the run."""
+    image = args.image or next((p for p in IMAGE_CANDIDATES if p.exists()), None)
     if args.image is not None:
         if not args.image.is_file():
             raise UserError(f"image not found: {args.image}")
         read_image(args.image)  # a text file or a damaged photo fails here, on one line
-    inputs = (args.models or []) + (args.analyze or []) + (args.profile_ops or [])
-    for option, path in (("--json", args.json), ("--csv", args.csv), ("--markdown", args.markdown),
-                         ("--plot", args.plot)):
+    models = [Path(m) for m in (expand_models(args.models) if args.models else [])
+              + (args.analyze or []) + (args.profile_ops or [])]
+    if not args.models:  # the default and --grid models come from --models-dir
+        models += [p for p in args.models_dir.glob("*") if p.suffix.lower() in MODEL_SUFFIXES]
+    inputs = [*models, *map(metadata_path, models), *result_files(args.eval_results),
+              *([image] if image else [])]
+    outputs = {"--json": args.json, "--csv": args.csv, "--markdown": args.markdown,
+               "--plot": args.plot}
+    for option, path in outputs.items():
         if path is not None:
-            check_output_file(path, option, [Path(m) for m in inputs])
-    return args.image or next((p for p in IMAGE_CANDIDATES if p.exists()), None)
+            check_output_file(path, option)
+    check_outputs(outputs, inputs)
+    return image
 
 
 def run_statistics(paths: list[Path], hws: list[tuple[int, int]] | None, image: Path | None) -> int:
@@ -242,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_op_profile(args)
 
     env = environment()
-    print(f"CPU: {env['cpu']}, {env['logical_cores']} logical / {env['physical_cores']} physical "
+    print(f"CPU: {env['cpu']} ({env['cpu_features']}), {env['logical_cores']} logical / {env['physical_cores']} physical "
           f"cores, load average {env['load_average']}; " +
           ", ".join(f"{k} {v}" for k, v in env["versions"].items()))
     backends, gpus, gpu_name = choose_backends(args.backends)

@@ -28,13 +28,15 @@ import numpy as np
 from tqdm import tqdm
 
 from scrfdkit.cli import (DEFAULT_MODEL, RESULTS_DIR, ArgumentParser, add_detector_arguments,
-                          add_face_output_arguments, check_model, cli, count, display,
-                          score_threshold)
+                          add_face_output_arguments, camera_index, check_model, cli, count,
+                          display, score_threshold)
 from scrfdkit.detections import draw_detections
 from scrfdkit.detector import SCRFD
 from scrfdkit.errors import UserError
 from scrfdkit.faces import aligned_crops, anonymize
-from scrfdkit.files import StagedOutputs, check_output_file, check_output_folder, same_file
+from scrfdkit.files import (Output, StagedOutputs, check_output_file, check_output_folder,
+                            check_outputs)
+from scrfdkit.metadata import metadata_path
 from scrfdkit.photos import encode
 from scrfdkit.pipeline import WriteBehind, read_ahead
 from scrfdkit.timing import Profile
@@ -49,7 +51,7 @@ def parse_args(argv: list[str] | None = None):
     parser = ArgumentParser(__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--video", type=Path, metavar="FILE", help="video file to annotate")
-    source.add_argument("--webcam", type=int, metavar="INDEX",
+    source.add_argument("--webcam", type=camera_index, metavar="INDEX",
                         help="camera index (0 is the first camera); stop with Ctrl-C or "
                              "--max-frames")
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL,
@@ -62,7 +64,8 @@ def parse_args(argv: list[str] | None = None):
                              "(mp4v) plays in desktop players, .webm (VP8) also in browsers")
     parser.add_argument("--json", type=Path, default=None,
                         help="JSON lines file, one line per frame (default: beside the video, "
-                             f"<out>/<video stem>{SUFFIX}.jsonl)")
+                             f"<out>/<video stem>{SUFFIX}.jsonl, or for an --out file <that "
+                             "file's name>.jsonl, so x.avi and x.mkv keep their own)")
     parser.add_argument("--max-frames", type=count, default=0,
                         help="stop after this many frames (default 0: the whole video; webcam "
                              "until Ctrl-C)")
@@ -77,20 +80,25 @@ def parse_args(argv: list[str] | None = None):
 
 
 def output_paths(args, stem: str) -> tuple[Path, Path]:
-    """<out>/<stem>_fdlm.mp4 and .jsonl, or the file named by --out and a .jsonl beside it."""
+    """<out>/<stem>_fdlm.mp4 and .jsonl, or the file named by --out and <its name>.jsonl,
+    checked against the inputs (video, model and sidecar) and each other before any work."""
     if args.out.suffix.lower() in VIDEO_SUFFIXES:
         video = check_output_file(args.out, "--out")
+        default_json = video.with_name(video.name + ".jsonl")
     elif args.out.suffix and not args.out.is_dir():
         raise UserError(f"--out {args.out}: give a folder or a video file ending in "
                         f"{'/'.join(sorted(VIDEO_SUFFIXES))}")
     else:
         video = check_output_folder(args.out, "--out") / f"{stem}{SUFFIX}.mp4"
+        default_json = video.with_suffix(".jsonl")
+    json_path = check_output_file(args.json or default_json, "--json")
+    planned = [Output("--out", video), Output("--json", json_path)]
+    if args.crops is not None:
+        planned.append(Output("--crops", args.crops, f"--crops {args.crops}: the crops "
+                              f"{stem}_frame<N>_face<M>.png", stem=stem,
+                              tail=r"_frame\d+_face\d+\.png"))
     inputs = [args.video] if args.video is not None else []
-    if inputs and same_file(video, args.video):
-        raise UserError(f"--out {video} would overwrite the input video; choose another name")
-    json_path = check_output_file(args.json or video.with_suffix(".jsonl"), "--json", inputs)
-    if same_file(json_path, video):
-        raise UserError(f"--json {json_path} is the output video; choose another name")
+    check_outputs(planned, [*inputs, args.model, metadata_path(args.model)])
     return video, json_path
 
 

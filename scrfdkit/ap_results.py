@@ -36,14 +36,18 @@ def read_results(out: Path) -> dict:
     return results
 
 
+def result_files(pattern: str) -> list[Path]:
+    """The results.json files under a folder, or matching a glob."""
+    path = Path(pattern)
+    return sorted(path.rglob(RESULTS_NAME)) if path.is_dir() else \
+        sorted(Path(p) for p in glob.glob(pattern, recursive=True))
+
+
 def find_results(pattern: str) -> list[dict]:
     """Every readable results.json under a folder or matching a glob, each with its path
     under "file"; unreadable ones are noted on stderr and skipped."""
-    path = Path(pattern)
-    files = sorted(path.rglob(RESULTS_NAME)) if path.is_dir() else \
-        sorted(Path(p) for p in glob.glob(pattern, recursive=True))
     results = []
-    for file in files:
+    for file in result_files(pattern):
         try:
             result = json.loads(file.read_text())
         except (OSError, ValueError):

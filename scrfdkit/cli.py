@@ -4,6 +4,7 @@ the detector options."""
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import sys
@@ -24,6 +25,7 @@ RESULTS_DIR = REPO / "results"
 DEFAULT_MODEL = MODELS_DIR / "scrfd500m_480x640_float32.tflite"  # the original quick start
 DEFAULT_IMAGE = DATA_DIR / "friends.jpg"
 DEFAULT_WIDER = DATA_DIR  # `make data` links WIDER_val/, ground_truth/, wider_face_split/ here
+PEERS_DIR = MODELS_DIR / "peers"  # `make data` links the peer detectors' models here
 DEBUG_ENV = "SCRFD_DEBUG"  # set to 1 to see the traceback behind an unexpected error
 
 EXPORT_HINT = ("`python export_modified_onnx.py --model models/det_500m.onnx --hw 480,640` then "
@@ -60,15 +62,27 @@ def cli(main: Callable[[], object]) -> None:
     except MemoryError:
         print("error: out of memory", file=sys.stderr)
         sys.exit(1)
-    except Exception as err:  # a bug or an environment problem: still one line by default
-        if os.environ.get(DEBUG_ENV):
-            traceback.print_exc()
-        detail = one_line(err)
-        detail = "" if detail == type(err).__name__ else detail
-        print(f"error: unexpected {type(err).__name__}{': ' + detail if detail else ''} "
-              f"(set {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            unexpected(err)
+        where = f" writing {err.filename}" if err.filename else ""
+        print(f"error: no space left on the device{where}; the run stopped there, and what "
+              "was not yet written is as it was", file=sys.stderr)
         sys.exit(1)
+    except Exception as err:  # a bug or an environment problem: still one line by default
+        unexpected(err)
     sys.exit(result if isinstance(result, int) else 0)
+
+
+def unexpected(err: BaseException) -> NoReturn:
+    """A bug or an environment problem: one line, exit 1; the traceback with SCRFD_DEBUG=1."""
+    if os.environ.get(DEBUG_ENV):
+        traceback.print_exception(err)
+    detail = one_line(err)
+    detail = "" if detail == type(err).__name__ else detail
+    print(f"error: unexpected {type(err).__name__}{': ' + detail if detail else ''} "
+          f"(set {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
+    sys.exit(1)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -85,6 +99,30 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         print(f"error: {message} (see --help)", file=sys.stderr)
         sys.exit(2)
+
+    def _read_args_from_files(self, arg_strings: list[str], reading: tuple[str, ...] = ()
+                              ) -> list[str]:
+        """argparse's @LIST expansion (lists may name lists), refusing a list that names
+        itself, directly or through others, instead of recursing until Python gives up."""
+        expanded: list[str] = []
+        for text in arg_strings:
+            if not text or text[0] not in (self.fromfile_prefix_chars or ""):
+                expanded.append(text)
+                continue
+            name = text[1:]
+            if os.path.realpath(name) in reading:
+                chain = " -> ".join(f"@{display(p)}" for p in (*reading, name))
+                self.error(f"an @LIST file includes itself ({chain}); a list may name "
+                           "other lists, never itself")
+            try:
+                with open(name, encoding=sys.getfilesystemencoding(),
+                          errors=sys.getfilesystemencodeerrors()) as handle:
+                    lines = [arg for line in handle.read().splitlines()
+                             for arg in self.convert_arg_line_to_args(line)]
+            except OSError as err:
+                self.error(f"cannot read the list @{name}: {err.strerror or err}")
+            expanded += self._read_args_from_files(lines, reading + (os.path.realpath(name),))
+        return expanded
 
 
 def fraction(text: str) -> float:
@@ -137,14 +175,32 @@ def parse_hw(text: str) -> tuple[int, int]:
     except ValueError:
         raise UserError(f"size must look like H,W (for example 480,640), got {text!r}") from None
     for name, value in (("height", height), ("width", width)):
-        if value <= 0 or value % 32:
-            lower, upper = max(32, value // 32 * 32), (value // 32 + 1) * 32
-            raise UserError(f"{name} {value} is not a multiple of 32; nearest valid sizes are "
-                            f"{lower} and {upper}")
         if value > MAX_INPUT_SIDE:
             raise UserError(f"{name} {value} is larger than {MAX_INPUT_SIDE}, the largest input "
                             "size these tools accept")
+        if value <= 0:
+            raise UserError(f"{name} must be a positive multiple of 32, got {value}")
+        if value % 32:
+            lower, upper = max(32, value // 32 * 32), min(MAX_INPUT_SIDE, (value // 32 + 1) * 32)
+            raise UserError(f"{name} {value} is not a multiple of 32; the nearest valid sizes "
+                            f"are {lower} and {upper}" if lower != upper else
+                            f"{name} {value} is not a multiple of 32; the nearest valid size "
+                            f"is {lower}")
     return height, width
+
+
+MAX_CAMERA_INDEX = 2**31 - 1  # OpenCV takes a C int; beyond it no camera can exist
+
+
+def camera_index(text: str) -> int:
+    """An argparse type: a camera index, 0 (the first camera) up to what OpenCV takes."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a camera number such as 0, got {text!r}")
+    if not 0 <= value <= MAX_CAMERA_INDEX:
+        raise argparse.ArgumentTypeError(f"must be between 0 and {MAX_CAMERA_INDEX}, got {text}")
+    return value
 
 
 def score_threshold(args: argparse.Namespace) -> float:
@@ -164,8 +220,21 @@ def add_face_output_arguments(parser: argparse.ArgumentParser, crop_name: str) -
     parser.add_argument("--crops", type=Path, default=None, metavar="DIR",
                         help="also write every face aligned to the ArcFace template as "
                              f"<DIR>/{crop_name} (its file name goes in the JSON line)")
-    parser.add_argument("--crop-size", type=positive_int, default=ARCFACE_SIZE, metavar="PX",
-                        help=f"side of the aligned crops in pixels (default {ARCFACE_SIZE})")
+    parser.add_argument("--crop-size", type=crop_side, default=ARCFACE_SIZE, metavar="PX",
+                        help=f"side of the aligned crops in pixels, 16 to {MAX_CROP_SIZE} "
+                             f"(default {ARCFACE_SIZE}, what ArcFace takes)")
+
+
+MIN_CROP_SIZE, MAX_CROP_SIZE = 16, 2048  # a face is upscaled past this: only bigger files
+
+
+def crop_side(text: str) -> int:
+    """An argparse type: the side of aligned face crops, within stated bounds."""
+    value = positive_int(text)
+    if not MIN_CROP_SIZE <= value <= MAX_CROP_SIZE:
+        raise argparse.ArgumentTypeError(f"must be between {MIN_CROP_SIZE} and {MAX_CROP_SIZE} "
+                                         f"pixels, got {value}")
+    return value
 
 
 def add_detector_arguments(parser: argparse.ArgumentParser, per: str = "image") -> None:

@@ -8,7 +8,8 @@ import numpy as np
 from .decode import decode, preprocess, suppress
 from .defaults import DEFAULT_THREADS, NMS_THRESHOLD, SCORE_THRESHOLD
 from .detections import Detections
-from .files import to_bgr8
+from .errors import UserError
+from .images import to_bgr8
 from .runners import Runner, open_runner
 from .timing import Profile
 
@@ -24,7 +25,15 @@ class SCRFD:
                  score_threshold: float = SCORE_THRESHOLD, nms_threshold: float = NMS_THRESHOLD,
                  max_faces: int = 0, threads: int | None = DEFAULT_THREADS,
                  runner_options: dict | None = None, runner: Runner | None = None):
-        """`runner`: an already open runner of model_path (the speed test's backends)."""
+        """`runner`: an already open runner of model_path (the speed test's backends).
+        ValueError for a threshold outside 0..1 (or NaN) or a negative max_faces."""
+        for name, value in (("score_threshold", score_threshold),
+                            ("nms_threshold", nms_threshold)):
+            if not isinstance(value, (int, float, np.number)) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be a number between 0 and 1, got {value!r}")
+        if not isinstance(max_faces, (int, np.integer)) or max_faces < 0:
+            raise ValueError(f"max_faces must be a whole number, 0 (no limit) or more, got "
+                             f"{max_faces!r}")
         self.model_path = model_path
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
@@ -45,7 +54,9 @@ class SCRFD:
 
     def prepare(self, image_bgr: np.ndarray) -> tuple[np.ndarray, float]:
         """Image -> (model input, scale back to image pixels). Safe to run in another thread
-        than detect_prepared(), which is how the scripts overlap decoding with inference."""
+        than detect_prepared(), which is how the scripts overlap decoding with inference.
+        ValueError naming the problem for anything that is not an image with pixels."""
+        check_image_array(image_bgr)
         if image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.dtype != np.uint8:
             image_bgr = to_bgr8(image_bgr)
         with self.profile("preprocess"):
@@ -60,6 +71,7 @@ class SCRFD:
             with self.profile("decode"):
                 boxes, scores, landmarks = decode(raw, self.input_hw, self.runner.anchors,
                                                   self.score_threshold)
+                self._check_finite(raw, boxes, landmarks)
             self.candidates = len(scores)
             with self.profile("nms"):
                 return suppress(boxes, scores, landmarks, scale, self.nms_threshold,
@@ -68,3 +80,38 @@ class SCRFD:
     def detect(self, image_bgr: np.ndarray) -> Detections:
         """Faces in one BGR image, best first, in the image's own pixels."""
         return self.detect_prepared(self.prepare(image_bgr))
+
+    def _check_finite(self, raw: dict, boxes: np.ndarray, landmarks: np.ndarray | None) -> None:
+        """NaN or Inf in the scores, or in the boxes and landmarks of the candidates kept, is a
+        broken model (or export), never "no faces": say so. Microseconds per image."""
+        for stride, level in raw.items():
+            if not np.isfinite(level["score"]).all():
+                bad = "NaN" if np.isnan(level["score"]).any() else "Inf"
+                raise ModelOutputError(f"the model {self.model_path} gave {bad} scores at stride "
+                                       f"{stride}; the file is damaged or was exported wrongly")
+        for kind, values in (("boxes", boxes), ("landmarks", landmarks)):
+            if values is not None and not np.isfinite(values).all():
+                bad = "NaN" if np.isnan(values).any() else "Inf"
+                raise ModelOutputError(f"the model {self.model_path} gave {bad} {kind}; the "
+                                       "file is damaged or was exported wrongly")
+
+
+class ModelOutputError(UserError):
+    """The model's raw outputs hold NaN or Inf: a damaged or wrongly exported model."""
+
+
+def check_image_array(image: object) -> None:
+    """ValueError that names what is wrong with something given as an image (the Python API:
+    None from a failed cv2.imread, a 0-d array, an image without pixels)."""
+    if image is None:
+        raise ValueError("the image is None (cv2.imread returns None for a file it cannot read)")
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"the image must be a numpy array (H x W x 3, BGR), got "
+                         f"{type(image).__name__}")
+    if image.ndim not in (2, 3):
+        raise ValueError(f"the image must be a 2-d (gray) or 3-d (H x W x channels) array, got a "
+                         f"{image.ndim}-d array of shape {image.shape}")
+    if image.size == 0:
+        raise ValueError(f"the image has no pixels (shape {image.shape})")
+    if image.ndim == 3 and image.shape[2] not in (1, 3, 4):
+        raise ValueError(f"the image must have 1, 3 or 4 channels, got shape {image.shape}")

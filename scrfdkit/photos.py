@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -19,7 +20,8 @@ import numpy as np
 from .detections import Detections, draw_detections
 from .errors import UserError
 from .faces import ARCFACE_SIZE, aligned_crops, anonymize
-from .files import StagedOutputs, display, read_image, same_file
+from .detector import ModelOutputError
+from .files import Output, StagedOutputs, check_name_length, display, read_image
 from .pipeline import WriteBehind, read_ahead
 
 JSON_NAME = "faces.jsonl"
@@ -36,8 +38,15 @@ class PhotoOutputs:
     crop_size: int = ARCFACE_SIZE
 
 
+NAMING = ("annotated images are named like their photos, <out>/<name>; photos that share a "
+          "name keep their sub-folders (relative to the folder they share), and photos whose "
+          "results would still share a name (p.jpg and p.png with --format png) get their own "
+          "suffix added (p_jpg.png, p_png.png), then _2, _3... in input order should names "
+          "still clash")  # one home for the rule: scrfd.py's --help shows it
+
+
 def output_paths(images: list[Path], out_dir: Path, suffix: str | None = None) -> list[Path]:
-    """<out>/<image name>; inputs that share a name keep their sub-folders to stay apart."""
+    """<out>/<image name>, each distinct: the rule in NAMING."""
     names = [p.name.lower() for p in images]
     if len(set(names)) == len(names):
         outputs = [out_dir / p.name for p in images]
@@ -50,11 +59,40 @@ def output_paths(images: list[Path], out_dir: Path, suffix: str | None = None) -
     # a photo whose format OpenCV reads but cannot write (.jfif, ...) is written as <name>.png
     outputs = [p if cv2.haveImageWriter(f"x{p.suffix}") else p.with_name(f"{p.name}.png")
                for p in outputs]
-    for image, output in zip(images, outputs):
-        if same_file(output, image):
-            raise UserError(f"--out {display(out_dir)} would overwrite the input {display(image)}; "
-                            "choose another folder")
+    counts = Counter(outputs)
+    outputs = [out if counts[out] == 1 else
+               out.with_name(f"{out.stem}_{image.suffix.lstrip('.')}{out.suffix}")
+               for image, out in zip(images, outputs)]
+    taken: set[Path] = set()
+    for index, out in enumerate(outputs):
+        number, unique = 1, out
+        while unique in taken:
+            number += 1
+            unique = out.with_name(f"{out.stem}_{number}{out.suffix}")
+        outputs[index] = unique
+        taken.add(unique)
     return outputs
+
+
+def planned_outputs(images: list, outputs: list[Path], settings: PhotoOutputs) -> list[Output]:
+    """What a run writes for each photo, for files.check_outputs(): its annotated image and,
+    with --crops, the family of its crops (<crops>/<stem>_face<N>.png)."""
+    planned = []
+    for image, output in zip(images, outputs):
+        planned.append(Output("--out", output, f"--out {display(settings.out_dir)}: the "
+                              f"{'blurred' if settings.blur else 'annotated'} image "
+                              f"{display(output)} of {display(image)}"))
+        if settings.crops is not None:
+            crops = settings.crops / crop_stem(output, settings)
+            planned.append(Output("--crops", crops.parent, f"--crops {display(settings.crops)}: "
+                                  f"the crops {display(crops)}_face<N>.png of {display(image)}",
+                                  stem=crops.name, tail=r"_face\d+\.png"))
+    return planned
+
+
+def crop_stem(output: Path, settings: PhotoOutputs) -> Path:
+    """<sub-folders>/<stem> of a photo's crops, from its annotated image's path under --out."""
+    return output.relative_to(settings.out_dir).with_suffix("")
 
 
 def image_format(text: str | None) -> str | None:
@@ -103,13 +141,17 @@ def save_photo(path: str | Path, output: Path, image: np.ndarray, dets: Detectio
     record = {"path": str(path), "size": {"width": image.shape[1], "height": image.shape[0]},
               "faces": dets.to_list()}
     shown = anonymize(image, dets, settings.blur) if settings.blur else draw_detections(image, dets)
-    staged.write_bytes(output, encode(output, shown))
+    files = [(output, encode(output, shown))]
     if settings.crops is not None:
-        stem = output.relative_to(settings.out_dir).with_suffix("")
+        stem = crop_stem(output, settings)
         for index, crop in enumerate(aligned_crops(image, dets, settings.crop_size)):
             crop_path = settings.crops / f"{stem}_face{index}.png"
-            staged.write_bytes(crop_path, encode(crop_path, crop))
+            files.append((crop_path, encode(crop_path, crop)))
             record["faces"][index]["crop"] = str(crop_path)
+    for final, _ in files:  # all of a photo's files, or none of them (a name too long: none)
+        check_name_length(final)
+    for final, data in files:
+        staged.write_bytes(final, data)
     return json_line(record)
 
 
@@ -122,6 +164,7 @@ class Photo:
     image: np.ndarray | None = None
     prepared: tuple | None = None
     error: str | None = None  # why it was skipped (unreadable, or its result unwritable)
+    note: str | None = None  # what the user should know though it was used (first frame only)
     faces: int = 0
     line: str = ""  # its JSON line
     seconds: dict[str, float] = field(default_factory=dict)  # read, preprocess, ..., write
@@ -129,19 +172,22 @@ class Photo:
 
 def run_photos(detector, sources: Iterable, outputs: Iterable[Path], settings: PhotoOutputs,
                staged: StagedOutputs, done: Callable[[Photo], None],
-               read: Callable[[str], np.ndarray] = read_image) -> None:
+               read: Callable[[str, list[str]], np.ndarray] = read_image) -> None:
     """Read, detect and stage every photo, calling done(photo) for each in input order.
 
     A thread reads and preprocesses ahead of the model and another writes behind it, so the
     model never waits on files. A photo that cannot be read or written is a Photo with an
-    error (and an error JSON line), never the end of the run. done() runs on the writer thread.
+    error (and an error JSON line), never the end of the run; a model giving NaN or Inf is
+    (a UserError). done() runs on the writer thread. read(source, notes) may add a note.
     """
     def load(source, output: Path) -> Photo:
         photo, started = Photo(str(source), Path(output)), time.perf_counter()
+        notes: list[str] = []
         try:
-            photo.image = read(photo.source)
+            photo.image = read(photo.source, notes)
         except UserError as err:
             photo.error = str(err)
+        photo.note = "; ".join(notes) or None
         photo.seconds["read"] = time.perf_counter() - started
         if photo.image is not None:
             started = time.perf_counter()
@@ -167,7 +213,10 @@ def run_photos(detector, sources: Iterable, outputs: Iterable[Path], settings: P
         for photo in read_ahead(map(load, sources, outputs), QUEUE_DEPTH):
             dets = None
             if photo.error is None:
-                dets = detector.detect_prepared(photo.prepared)
+                try:
+                    dets = detector.detect_prepared(photo.prepared)
+                except ModelOutputError as err:
+                    raise UserError(f"{err} (first seen on {photo.source})") from None
                 photo.faces = len(dets)
                 photo.seconds.update(inference=detector.timings["inference"],
                                      postprocess=detector.timings["postprocess"])

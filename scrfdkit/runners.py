@@ -12,7 +12,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from .decode import OutputSpec, RawOutputs, group_outputs, identify_outputs
+from .decode import (KIND_CHANNELS, STRIDES, OutputSpec, RawOutputs, group_outputs,
+                     identify_outputs)
 from .defaults import DEFAULT_INPUT_HW, DEFAULT_THREADS
 from .errors import UserError
 from .metadata import check_unaltered, metadata_path, read_metadata
@@ -164,14 +165,7 @@ class LiteRTRunner:
         self.input_dtype = np.dtype(self.input["dtype"])
         outputs = self.interpreter.get_output_details()
         if self.metadata:
-            by_name = {o["name"]: o for o in self.metadata["outputs"]}
-            missing = [o["name"] for o in outputs if o["name"] not in by_name]
-            if missing:
-                raise UserError(f"metadata {metadata_path(path)} does not match the model "
-                                f"(unknown outputs {missing})")
-            self.specs = [OutputSpec(by_name[o["name"]]["kind"], by_name[o["name"]]["stride"])
-                          for o in outputs]
-            self.anchors = int(self.metadata["anchors_per_location"])
+            self.specs, self.anchors = metadata_specs(self.metadata, outputs, self.input_hw, path)
         else:
             self.specs, self.anchors = identify_outputs([o["shape"] for o in outputs],
                                                         self.input_hw)
@@ -232,6 +226,36 @@ class LiteRTRunner:
 
 
 Runner = OnnxRunner | LiteRTRunner
+
+
+def metadata_specs(meta: dict, outputs: list[dict], input_hw: tuple[int, int], path: Path
+                   ) -> tuple[list[OutputSpec], int]:
+    """Each output's kind and stride as the export's metadata names them, checked against the
+    tensors themselves: a sidecar edited, swapped or from another model is a UserError."""
+    where = f"metadata {metadata_path(path)}" if metadata_path(path).exists() else \
+        f"the metadata embedded in {path}"
+    fix = "; re-export the model (or remove the sidecar to use the copy inside the .tflite)"
+    described, anchors = meta.get("outputs"), meta.get("anchors_per_location")
+    if not isinstance(described, list) or not all(isinstance(o, dict) for o in described):
+        raise UserError(f"{where} has no list of outputs{fix}")
+    if not isinstance(anchors, int) or anchors < 1:
+        raise UserError(f"{where} has no anchors_per_location{fix}")
+    by_name = {str(o.get("name")): o for o in described}
+    missing = [o["name"] for o in outputs if o["name"] not in by_name]
+    if missing:
+        raise UserError(f"{where} does not match the model (unknown outputs {missing}){fix}")
+    specs = []
+    for output in outputs:
+        kind, stride = by_name[output["name"]].get("kind"), by_name[output["name"]].get("stride")
+        shape = [int(d) for d in output["shape"]]
+        cells = (input_hw[0] // stride) * (input_hw[1] // stride) if stride in STRIDES else 0
+        known = isinstance(kind, str) and kind in KIND_CHANNELS and cells
+        if not known or shape[-1] != KIND_CHANNELS[kind] or \
+                int(np.prod(shape[:-1])) != cells * anchors:
+            raise UserError(f"{where} says output {output['name']} is the {kind!r} output at "
+                            f"stride {stride!r}, but its shape {shape} does not fit that{fix}")
+        specs.append(OutputSpec(kind, stride))
+    return specs, anchors
 
 
 def open_runner(model_path: str | os.PathLike, input_hw: tuple[int, int] | None = None,

@@ -54,8 +54,10 @@ def run_script_without(module: str, script: str, *args: str) -> subprocess.Compl
 def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "inference: depends on the versions of the inference "
                             "packages (numpy, OpenCV, ONNX Runtime, LiteRT, scipy, Ray) and runs "
-                            "without TensorFlow: CI runs these again in an environment made from "
-                            "requirements-inference.txt alone (make test-inference)")
+                            "without TensorFlow: CI runs these again in an environment made by "
+                            "`pip install .` alone (make test-inference)")
+    config.addinivalue_line("markers", "readme: runs the README's steps in a fresh clone (slow; "
+                            "make test-readme)")
 
 
 _SCRIPTS: dict[str, object] = {}

@@ -437,7 +437,7 @@ def test_staged_outputs_replace_all_files_together_or_none(tmp_path):
 def test_output_checks_refuse_files_folders_and_inputs(tmp_path):
     photo = tmp_path / "p.jpg"
     photo.write_bytes(b"x")
-    with pytest.raises(UserError, match="is one of the inputs"):
+    with pytest.raises(UserError, match="would overwrite the input"):
         files.check_output_file(photo, "--json", inputs=[photo])
     with pytest.raises(UserError, match="is a folder"):
         files.check_output_file(tmp_path, "--json")

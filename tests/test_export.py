@@ -89,30 +89,31 @@ OTHER_EXPORTS = {"scrfd_500m.onnx": "scrfd500m_nokps", "scrfd_500m_bnkps.onnx": 
 def other_exports(cache_dir) -> dict[str, tuple[Path, str]]:
     """Both exports, converted side by side (a conversion keeps about one core busy) into the
     test export folder, where they are kept while nothing that made them changes (conftest's
-    export key): name -> (folder, export_tflite.py's stdout)."""
+    export key): name -> (the .tflite, export_tflite.py's stdout)."""
     running, done = {}, {}
     for name in OTHER_EXPORTS:
         if not (MODELS / name).exists():
             continue
         folder = cache_dir / f"other_{Path(name).stem}"
+        out = folder / f"{OTHER_EXPORTS[name]}_128x160_float32.tflite"
         if (folder / "export_tflite.log").is_file():  # made by this code from this model
-            done[name] = folder, (folder / "export_tflite.log").read_text()
+            done[name] = out, (folder / "export_tflite.log").read_text()
             continue
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir()
         fixed = folder / "fixed.onnx"
         run_script("export_modified_onnx.py", "--model", MODELS / name, "--hw", "128,160",
                    "--out", fixed, "--check-image", SAMPLES / "friends.jpg")
-        running[name] = folder, subprocess.Popen(
-            [sys.executable, str(REPO / "export_tflite.py"), "--onnx", str(fixed),
-             "--check-images", str(SAMPLES / "friends.jpg")], cwd=folder, text=True,
+        running[name] = out, subprocess.Popen(
+            [sys.executable, str(REPO / "export_tflite.py"), "--onnx", str(fixed), "--out",
+             str(out), "--check-images", str(SAMPLES / "friends.jpg")], cwd=folder, text=True,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env={**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3"})
-    for name, (folder, proc) in running.items():
+    for name, (out, proc) in running.items():
         stdout, stderr = proc.communicate(timeout=900)
         assert proc.returncode == 0, f"{name}: " + stdout[-3000:] + stderr[-3000:]
-        (folder / "export_tflite.log").write_text(stdout)  # last: the export is complete
-        done[name] = folder, stdout
+        (out.parent / "export_tflite.log").write_text(stdout)  # last: the export is complete
+        done[name] = out, stdout
     return done
 
 
@@ -121,10 +122,10 @@ def test_tflite_other_exports(name, other_exports):
     """No-keypoint and fixed-shape sources convert too, and pass the float32 parity gate."""
     if name not in other_exports:
         pytest.skip(f"no {MODELS / name}")
-    folder, stdout = other_exports[name]
-    out = Path("models") / f"{OTHER_EXPORTS[name]}_128x160_float32.tflite"
+    out, stdout = other_exports[name]
     assert f"wrote {out}" in stdout and "| score (probability) |" in stdout
-    runner = LiteRTRunner(folder / out)
+    assert read_metadata(out)["family"] == OTHER_EXPORTS[name]  # what names the default file
+    runner = LiteRTRunner(out)
     assert runner.has_landmarks == ("bnkps" in name)
 
 

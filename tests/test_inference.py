@@ -221,7 +221,7 @@ def test_only_unreadable_images_exit_2(det500m_onnx, tmp_path):
     ("unknown output format", ["--format", "xyz"], "--format xyz"),
     ("out is a file", ["--out", "{photo}"], "is a file"),
     ("out in /proc", ["--out", "/proc/x"], "not writable"),
-    ("json is the photo", ["--json", "{photo}"], "is one of the inputs"),
+    ("json is the photo", ["--json", "{photo}"], "would overwrite the input"),
     ("json in a file", ["--json", "{photo}/faces.jsonl"], "is a file, not a folder"),
     ("json is a folder", ["--json", "{folder}"], "is a folder"),
     ("verify without blur", ["--verify"], "add --blur"),
@@ -549,7 +549,7 @@ def test_video_blur_into_webm_keeps_every_frame(det500m_onnx, samples_dir, tmp_p
     proc = run_script("video_inference_fdlm.py", "--model", det500m_onnx, "--size", "256,320",
                       "--video", source, "--out", out, "--blur", "--score", "0.3")
     assert "VP80" in proc.stdout and count_frames(out) == 12
-    records = read_jsonl(out.with_suffix(".jsonl"))
+    records = read_jsonl(out.with_name(out.name + ".jsonl"))  # clip.webm.jsonl: its own
     assert len(records) == 12 and all(r["faces"] for r in records)
     original, blurred = cv2.VideoCapture(str(source)), cv2.VideoCapture(str(out))
     first, anonymised = original.read()[1], blurred.read()[1]

@@ -241,7 +241,7 @@ def test_unreadable_image_and_unwritable_json_fail_before_timing(tflite_float32,
     for args, message in ((("--image", text), "cannot decode image"),
                           (("--json", "/proc/speed/r.json"), "not writable"),
                           (("--json", tmp_path), "is a folder"),
-                          (("--markdown", tflite_float32), "is one of the inputs")):
+                          (("--markdown", tflite_float32), "would overwrite the input")):
         proc = run_main("speed_test.py", "--models", tflite_float32, *args)
         assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr)
         assert proc.stderr.count("\n") == 1 and "timing" not in proc.stdout

@@ -245,7 +245,7 @@ def speed_tables(rows: list[dict], ratios: list[dict], env: dict, repeat: int, i
               f"{r['round_min']:.2f}–{r['round_max']:.2f}x",
               dash(r.get("cpu") and r["cpu"]["value"], ".2f") + "x" * bool(r.get("cpu"))]
              for r in ratios], left=2, text=[3, 5])
-    lines += ["", f"Measured {time.strftime('%Y-%m-%d')} on {env['cpu']} ({env['logical_cores']} "
+    lines += ["", f"Measured {time.strftime('%Y-%m-%d')} on {env['cpu']}, {env['cpu_features']} ({env['logical_cores']} "
               f"logical cores; load average {env['load_average']} at the start), "
               + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + ". "
               f"Model latency: median, p90, p99 of {repeat} rounds x {iters} calls, every row "

@@ -58,7 +58,7 @@ def comparison_table(rows: list[dict], env: dict, photos: list[Path], threads: i
     header = ["Detector", "Input", "Easy", "Medium", "Hard", "Rough AP", "Median ms", "Size MB",
               "Peak RSS MB", "Pareto"]
     return markdown_table(header, table, left=2, text=[-1]) + [
-        "", f"Measured {time.strftime('%Y-%m-%d')} on {env['cpu']} ({env['logical_cores']} "
+        "", f"Measured {time.strftime('%Y-%m-%d')} on {env['cpu']}, {env['cpu_features']} ({env['logical_cores']} "
             f"logical cores), {threads} thread(s). AP: WIDER FACE val, the images evaluate_widerface.py "
             "ran on (official protocol, %); Rough AP: IoU >= 0.3 with faces >= 32 px tall "
             "(--protocol rough). Median ms: one detect() call (preprocessing, inference, "

@@ -40,7 +40,6 @@ from ..runners import onnx_session, tflite_interpreter
 from ..timing import Profile
 
 PEERS_DIR_ENV = "SCRFD_PEERS_DIR"  # where the peers' model files are
-DEFAULT_PEERS_DIR = Path("models/peers")  # make data links ../shared/models/peers here
 BLAZEFACE_LAYERS = {  # (stride, anchors per cell); MediaPipe face_detection_*_common.pbtxt
     "short": ((8, 2), (16, 6)),  # strides [8, 16, 16, 16], interpolated scale 1: 896 anchors
     "full": ((4, 1),),  # strides [4], interpolated scale 0: 2304 anchors
@@ -112,8 +111,12 @@ PEERS: dict[str, PeerSpec] = {
 
 # ----------------------------------------------------------------------------- lookup
 def peers_dir(override: str | os.PathLike | None = None) -> Path:
-    """The peer models' folder: the argument, else $SCRFD_PEERS_DIR, else ../shared/models/peers."""
-    return Path(override or os.environ.get(PEERS_DIR_ENV) or DEFAULT_PEERS_DIR)
+    """The peer models' folder: the argument, else $SCRFD_PEERS_DIR (the scripts default to the
+    repository's models/peers, which `make data` links)."""
+    folder = override or os.environ.get(PEERS_DIR_ENV)
+    if not folder:
+        raise UserError(f"the peers' model folder is not set: pass it, or set {PEERS_DIR_ENV}")
+    return Path(folder)
 
 
 def _spec(name: str) -> PeerSpec:

@@ -12,6 +12,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -36,6 +37,8 @@ RELEASES = {  # archive -> (detector inside it, sha256 of that detector)
     "buffalo_l": ("det_10g.onnx", "5838f7fe053675b1c7a08b633df49e7af5495cee0493c7dcf6697200b85b5b91"),
 }
 DOWNLOAD_SCHEMES = ("http", "https", "ftp", "file")  # what urllib can fetch
+DOWNLOAD_TIME_LIMIT = 1800.0  # seconds for a whole download: buffalo_l (275 MB) at 160 kB/s
+READ_TIMEOUT = 30.0  # seconds one read may wait for data before the download is given up
 # onnx2tf validates its conversion on this file and downloads it when it is missing;
 # we always write our own (real photos), so nothing goes to the network.
 ONNX2TF_TEST_DATA = "calibration_image_sample_data_20x128x128x3_float32.npy"
@@ -56,8 +59,13 @@ def check_download_url(base_url: str) -> None:
                         f"${MODEL_URL_ENV}")
 
 
-def download(archive: str, models_dir: Path, base_url: str) -> Path:
-    """Fetch an InsightFace release zip, extract its detector, check the sha256, write atomically."""
+def download(archive: str, models_dir: Path, base_url: str,
+             time_limit: float = DOWNLOAD_TIME_LIMIT) -> Path:
+    """Fetch an InsightFace release zip, extract its detector, check the sha256, write atomically.
+
+    Gives up when one read waits READ_TIMEOUT seconds, and when the whole download takes more
+    than `time_limit` seconds (a mirror trickling a byte at a time never trips a read timeout).
+    """
     from tqdm import tqdm
 
     member, expected = RELEASES[archive]
@@ -70,13 +78,21 @@ def download(archive: str, models_dir: Path, base_url: str) -> Path:
     models_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=models_dir, prefix=".download-") as tmp:
         zip_path = Path(tmp) / f"{archive}.zip"
+        deadline = time.monotonic() + time_limit
         try:
-            with urllib.request.urlopen(url, timeout=30) as response, open(zip_path, "wb") as out:
+            with urllib.request.urlopen(url, timeout=min(READ_TIMEOUT, time_limit)) as response, \
+                    open(zip_path, "wb") as out:
                 total = int(response.headers.get("Content-Length") or 0) or None
+                read = getattr(response, "read1", response.read)  # returns what has arrived
                 with tqdm(total=total, unit="B", unit_scale=True, desc=f"{archive}.zip") as bar:
-                    for block in iter(lambda: response.read(1 << 16), b""):
+                    for block in iter(lambda: read(1 << 16), b""):
                         out.write(block)
                         bar.update(len(block))
+                        if time.monotonic() > deadline:
+                            of = f" of {total}" if total else ""
+                            raise UserError(f"download of {url} took more than {time_limit:g} s "
+                                            f"(--download-timeout) and was given up after "
+                                            f"{bar.n}{of} bytes; {by_hand}")
             if total and zip_path.stat().st_size != total:
                 raise UserError(f"download of {url} stopped early; {by_hand}")
             with zipfile.ZipFile(zip_path) as archive_zip:

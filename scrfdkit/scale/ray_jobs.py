@@ -36,6 +36,7 @@ from ..detector import SCRFD
 from ..errors import UserError, one_line
 from ..files import IMAGE_SUFFIXES, StagedOutputs, display, find_images, read_image
 from ..photos import Photo, PhotoOutputs, run_photos
+from .reach import check_reachable
 
 try:
     import pyarrow
@@ -137,7 +138,8 @@ def list_uri(uri: str, filesystems: Filesystems) -> list[str]:
     return found
 
 
-def find_sources(patterns: Sequence[str], exclude: Sequence[Path]) -> list[str]:
+def find_sources(patterns: Sequence[str], exclude: Sequence[Path],
+                 skipped: list[str] | None = None) -> list[str]:
     """find_images, with URIs too: every photo once, in the order a single-process run takes."""
     filesystems = Filesystems()
     found: list[str] = []
@@ -145,7 +147,7 @@ def find_sources(patterns: Sequence[str], exclude: Sequence[Path]) -> list[str]:
         if is_uri(pattern):
             found += list_uri(pattern, filesystems)
         else:
-            found += map(str, find_images([pattern], exclude=exclude))
+            found += map(str, find_images([pattern], exclude=exclude, skipped=skipped))
     return list(dict.fromkeys(found))
 
 
@@ -216,16 +218,20 @@ class PhotoWorker:
         self.tag = tag
         self.filesystems = Filesystems()
 
-    def read(self, source: str) -> np.ndarray:
+    def read(self, source: str, notes: list[str] | None = None) -> np.ndarray:
         if not is_uri(source):
-            return read_image(source)
+            return read_image(source, notes)
         data = self.filesystems.read(source)
         suffix = Path(urlparse(source).path).suffix
         with tempfile.NamedTemporaryFile(suffix=suffix) as copy:  # read_image decodes files
             copy.write(data)
             copy.flush()
             try:
-                return read_image(copy.name)
+                found: list[str] = []
+                image = read_image(copy.name, found)
+                if notes is not None:
+                    notes += [note.replace(copy.name, source) for note in found]
+                return image
             except UserError as err:
                 raise UserError(str(err).replace(copy.name, source)) from None
 
@@ -235,7 +241,8 @@ class PhotoWorker:
 
         def done(photo: Photo) -> None:  # the files staged since the last photo are this one's
             staged = staging.pairs[sum(row["files"] for row in rows):]
-            rows.append({"line": photo.line, "error": photo.error or "", "faces": photo.faces,
+            rows.append({"line": photo.line, "error": photo.error or "", "note": photo.note or "",
+                         "faces": photo.faces,
                          "staged": json.dumps(staged), "files": len(staged), **photo.seconds,
                          "finished": time.time()})
 
@@ -246,7 +253,7 @@ class PhotoWorker:
             staging.discard()
             raise
         columns = {"index": batch["index"]}
-        for key in ("line", "error", "staged"):
+        for key in ("line", "error", "note", "staged"):
             columns[key] = np.array([row[key] for row in rows], dtype=object)
         columns["faces"] = np.array([row["faces"] for row in rows], dtype=np.int64)
         for stage in STAGES:
@@ -279,6 +286,7 @@ def connect(address: str | None) -> Cluster:
                "log_to_driver": False}  # actors' own logs: /tmp/ray/session_latest/logs
     if not (address or os.environ.get("RAY_ADDRESS", "")).startswith("ray://"):
         options["include_dashboard"] = False
+    check_reachable(address)  # in seconds, where ray.init would retry for minutes
     sigterm = signal.getsignal(signal.SIGTERM)
     try:
         ray.init(address=address or None, **options)
@@ -385,6 +393,8 @@ def collect(results: "ray.data.Dataset", run: RayRun, staging: SharedStaging,
                 run.faces += int(columns["faces"][row])
                 for stage in STAGES:
                     run.stages[stage] += float(columns[stage][row])
+                if columns["note"][row]:
+                    tqdm.write(f"warning: {columns['note'][row]}", file=sys.stderr)
                 if columns["error"][row]:
                     tqdm.write(f"warning: {columns['error'][row]}; skipped", file=sys.stderr)
                     run.failed_at.append(index)

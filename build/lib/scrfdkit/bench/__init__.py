@@ -1,0 +1,1 @@
+"""Speed and size: interleaved timing, runtimes and backends, model statistics, op profiles, memory."""

@@ -1,0 +1,186 @@
+"""What the entry scripts share, and only they use: the exit-code contract, argparse with one-line
+errors, the scripts' default paths (relative to the repository, wherever it is run from), and
+the detector options."""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Callable, NoReturn
+
+from .defaults import (BLUR_SCORE_THRESHOLD, DEFAULT_THREADS, MAX_INPUT_SIDE, NMS_THRESHOLD,
+                       SCORE_THRESHOLD)
+from .errors import Terminated, UserError, one_line
+from .files import display
+
+REPO = Path(__file__).resolve().parents[1]  # the scripts' folder: their defaults live there
+MODELS_DIR = REPO / "models"
+DATA_DIR = REPO / "data"
+RESULTS_DIR = REPO / "results"
+
+DEFAULT_MODEL = MODELS_DIR / "scrfd500m_480x640_float32.tflite"  # the original quick start
+DEFAULT_IMAGE = DATA_DIR / "friends.jpg"
+DEFAULT_WIDER = DATA_DIR  # `make data` links WIDER_val/, ground_truth/, wider_face_split/ here
+PEERS_DIR = MODELS_DIR / "peers"  # `make data` links the peer detectors' models here
+DEBUG_ENV = "SCRFD_DEBUG"  # set to 1 to see the traceback behind an unexpected error
+
+EXPORT_HINT = ("`python export_modified_onnx.py --model models/det_500m.onnx --hw 480,640` then "
+               "`python export_tflite.py --onnx models/det_500m_480x640.onnx`")
+DOWNLOAD_HINT = "`python export_modified_onnx.py --download buffalo_sc`"
+
+
+def _raise_terminated(signum, frame) -> NoReturn:
+    raise Terminated()
+
+
+def cli(main: Callable[[], object]) -> None:
+    """Run a script's main() with the exit-code contract every script keeps.
+
+    UserError: one `error:` line, exit 2. Ctrl-C: exit 130; SIGTERM: exit 143, both after the
+    cleanup in `finally` blocks (no temporary files left). Anything unexpected: one line too,
+    exit 1, and the traceback only with SCRFD_DEBUG=1.
+    """
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        result = main()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        sys.exit(143)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
+    except MemoryError:
+        print("error: out of memory", file=sys.stderr)
+        sys.exit(1)
+    except Exception as err:  # a bug or an environment problem: still one line by default
+        if os.environ.get(DEBUG_ENV):
+            traceback.print_exc()
+        detail = one_line(err)
+        detail = "" if detail == type(err).__name__ else detail
+        print(f"error: unexpected {type(err).__name__}{': ' + detail if detail else ''} "
+              f"(set {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(result if isinstance(result, int) else 0)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the scripts' error style: one `error:` line and exit 2, no usage dump."""
+
+    def __init__(self, doc: str | None = None, **kwargs) -> None:
+        if doc:  # a module docstring: first paragraph describes, the rest is the epilog
+            head, _, tail = doc.strip().partition("\n\n")
+            kwargs.setdefault("description", head)
+            kwargs.setdefault("epilog", tail or None)
+            kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(**kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a number in [0, 1] (scores and IoU thresholds)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of 1 or more (threads, repeats, counts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def count(text: str) -> int:
+    """An argparse type: an integer of 0 or more (0 usually meaning "no limit")."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def check_model(path: Path) -> Path:
+    """A missing default model gets the commands that create it instead of a bare 'not found'."""
+    if path.exists() or path.resolve() != DEFAULT_MODEL:
+        return path  # the runners report a missing or unusable --model themselves
+    fetch = "" if (MODELS_DIR / "det_500m.onnx").exists() else \
+        f" (first fetch det_500m.onnx with {DOWNLOAD_HINT})"
+    raise UserError(f"default model {display(path)} not found; create it with {EXPORT_HINT}"
+                    f"{fetch}, or pass --model")
+
+
+def parse_hw(text: str) -> tuple[int, int]:
+    """Parse 'H,W' (or 'HxW'); both must be positive multiples of 32 (SCRFD's largest stride)."""
+    try:
+        height, width = (int(v) for v in text.lower().replace("x", ",").split(","))
+    except ValueError:
+        raise UserError(f"size must look like H,W (for example 480,640), got {text!r}") from None
+    for name, value in (("height", height), ("width", width)):
+        if value <= 0 or value % 32:
+            lower, upper = max(32, value // 32 * 32), (value // 32 + 1) * 32
+            raise UserError(f"{name} {value} is not a multiple of 32; nearest valid sizes are "
+                            f"{lower} and {upper}")
+        if value > MAX_INPUT_SIDE:
+            raise UserError(f"{name} {value} is larger than {MAX_INPUT_SIDE}, the largest input "
+                            "size these tools accept")
+    return height, width
+
+
+def score_threshold(args: argparse.Namespace) -> float:
+    """--score when given, else the default for the job: lower when anonymising (--blur)."""
+    if args.score is not None:
+        return args.score
+    return BLUR_SCORE_THRESHOLD if getattr(args, "blur", None) else SCORE_THRESHOLD
+
+
+def add_face_output_arguments(parser: argparse.ArgumentParser, crop_name: str) -> None:
+    """--blur, --crops and --crop-size, which scrfd.py and video_inference_fdlm.py share."""
+    from .faces import ARCFACE_SIZE, BLUR_MODES
+
+    parser.add_argument("--blur", nargs="?", const="gaussian", choices=BLUR_MODES, default=None,
+                        help="anonymise: blur each face (box grown by a margin) instead of "
+                             "drawing it; 'pixelate' for blocks (default when given: gaussian)")
+    parser.add_argument("--crops", type=Path, default=None, metavar="DIR",
+                        help="also write every face aligned to the ArcFace template as "
+                             f"<DIR>/{crop_name} (its file name goes in the JSON line)")
+    parser.add_argument("--crop-size", type=positive_int, default=ARCFACE_SIZE, metavar="PX",
+                        help=f"side of the aligned crops in pixels (default {ARCFACE_SIZE})")
+
+
+def add_detector_arguments(parser: argparse.ArgumentParser, per: str = "image") -> None:
+    """The detector options scrfd.py and video_inference_fdlm.py share."""
+    parser.add_argument("--score", type=fraction, default=None,
+                        help=f"minimum face score, 0..1 (default {SCORE_THRESHOLD}; "
+                             f"{BLUR_SCORE_THRESHOLD} with --blur, where a missed face matters more)")
+    parser.add_argument("--nms", type=fraction, default=NMS_THRESHOLD,
+                        help=f"IoU above which overlapping boxes are merged, 0..1 "
+                             f"(default {NMS_THRESHOLD})")
+    parser.add_argument("--max-faces", type=count, default=0,
+                        help=f"keep at most this many faces per {per}, best first (default 0: all)")
+    parser.add_argument("--size", type=parse_hw, default=None, metavar="H,W",
+                        help="input size for dynamic ONNX models, multiples of 32 (default 640,640;"
+                             " a .tflite or fixed-size ONNX model has its own size)")
+    parser.add_argument("--threads", type=positive_int, default=DEFAULT_THREADS,
+                        help=f"CPU threads for inference (default {DEFAULT_THREADS})")

@@ -1,0 +1,1 @@
+"""Other face detectors behind SCRFD's interface, and the comparison report."""

@@ -1,0 +1,174 @@
+"""The per-photo job of scrfd.py: what is written for one image and where, and the loop that
+reads ahead of the model and writes behind it.
+
+One home for both, so the single-process run and a Ray actor write the same files and the
+same JSON line for every photo.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import cv2
+import numpy as np
+
+from .detections import Detections, draw_detections
+from .errors import UserError
+from .faces import ARCFACE_SIZE, aligned_crops, anonymize
+from .files import StagedOutputs, display, read_image, same_file
+from .pipeline import WriteBehind, read_ahead
+
+JSON_NAME = "faces.jsonl"
+QUEUE_DEPTH = 4  # photos read ahead of, and written behind, the model
+
+
+@dataclass(frozen=True)
+class PhotoOutputs:
+    """What to write for each photo: the annotated (or blurred) image, and aligned crops."""
+
+    out_dir: Path
+    blur: str | None = None  # None: draw boxes and landmarks; else the anonymize() mode
+    crops: Path | None = None  # folder for aligned crops, or None
+    crop_size: int = ARCFACE_SIZE
+
+
+def output_paths(images: list[Path], out_dir: Path, suffix: str | None = None) -> list[Path]:
+    """<out>/<image name>; inputs that share a name keep their sub-folders to stay apart."""
+    names = [p.name.lower() for p in images]
+    if len(set(names)) == len(names):
+        outputs = [out_dir / p.name for p in images]
+    else:
+        resolved = [Path(os.path.abspath(p)) for p in images]  # not resolve(): keep symlinked names
+        root = Path(os.path.commonpath([p.parent for p in resolved]))
+        outputs = [out_dir / p.relative_to(root) for p in resolved]
+    if suffix:
+        outputs = [p.with_suffix(suffix) for p in outputs]
+    # a photo whose format OpenCV reads but cannot write (.jfif, ...) is written as <name>.png
+    outputs = [p if cv2.haveImageWriter(f"x{p.suffix}") else p.with_name(f"{p.name}.png")
+               for p in outputs]
+    for image, output in zip(images, outputs):
+        if same_file(output, image):
+            raise UserError(f"--out {display(out_dir)} would overwrite the input {display(image)}; "
+                            "choose another folder")
+    return outputs
+
+
+def image_format(text: str | None) -> str | None:
+    """'.png' from 'png' or '.PNG'; UserError when OpenCV cannot write that format."""
+    if text is None:
+        return None
+    suffix = "." + text.lower().lstrip(".")
+    if not cv2.haveImageWriter(f"x{suffix}"):
+        raise UserError(f"--format {text}: OpenCV cannot write this format; try png or jpg")
+    return suffix
+
+
+def encode(path: Path, image: np.ndarray) -> bytes:
+    """The image in the format its name says; ValueError when OpenCV cannot encode it."""
+    try:
+        ok, data = cv2.imencode(path.suffix or ".png", image)
+    except cv2.error as err:
+        raise ValueError(f"OpenCV cannot encode {path.name}: {str(err).strip().splitlines()[-1]}"
+                         ) from None
+    if not ok:
+        raise ValueError(f"OpenCV cannot encode {path.name}")
+    return data.tobytes()
+
+
+def json_line(record: dict) -> str:
+    return json.dumps(record) + "\n"
+
+
+def error_line(path: str | Path, message: str) -> str:
+    """The JSON line of a photo that could not be used."""
+    return json_line({"path": str(path), "error": message})
+
+
+WRITE_ERRORS = (cv2.error, ValueError)  # what encoding a result may raise: a skipped photo
+
+
+def write_error(path: str | Path, err: BaseException) -> str:
+    """The one-line reason a photo's result could not be written."""
+    detail = str(err).strip().splitlines()
+    return f"cannot write the result of {path}: {detail[-1] if detail else type(err).__name__}"
+
+
+def save_photo(path: str | Path, output: Path, image: np.ndarray, dets: Detections,
+               settings: PhotoOutputs, staged: StagedOutputs) -> str:
+    """Stage the annotated (or blurred) image and its crops; return the photo's JSON line."""
+    record = {"path": str(path), "size": {"width": image.shape[1], "height": image.shape[0]},
+              "faces": dets.to_list()}
+    shown = anonymize(image, dets, settings.blur) if settings.blur else draw_detections(image, dets)
+    staged.write_bytes(output, encode(output, shown))
+    if settings.crops is not None:
+        stem = output.relative_to(settings.out_dir).with_suffix("")
+        for index, crop in enumerate(aligned_crops(image, dets, settings.crop_size)):
+            crop_path = settings.crops / f"{stem}_face{index}.png"
+            staged.write_bytes(crop_path, encode(crop_path, crop))
+            record["faces"][index]["crop"] = str(crop_path)
+    return json_line(record)
+
+
+@dataclass
+class Photo:
+    """One photo on its way through run_photos(): what was read, found and written, or why not."""
+
+    source: str
+    output: Path
+    image: np.ndarray | None = None
+    prepared: tuple | None = None
+    error: str | None = None  # why it was skipped (unreadable, or its result unwritable)
+    faces: int = 0
+    line: str = ""  # its JSON line
+    seconds: dict[str, float] = field(default_factory=dict)  # read, preprocess, ..., write
+
+
+def run_photos(detector, sources: Iterable, outputs: Iterable[Path], settings: PhotoOutputs,
+               staged: StagedOutputs, done: Callable[[Photo], None],
+               read: Callable[[str], np.ndarray] = read_image) -> None:
+    """Read, detect and stage every photo, calling done(photo) for each in input order.
+
+    A thread reads and preprocesses ahead of the model and another writes behind it, so the
+    model never waits on files. A photo that cannot be read or written is a Photo with an
+    error (and an error JSON line), never the end of the run. done() runs on the writer thread.
+    """
+    def load(source, output: Path) -> Photo:
+        photo, started = Photo(str(source), Path(output)), time.perf_counter()
+        try:
+            photo.image = read(photo.source)
+        except UserError as err:
+            photo.error = str(err)
+        photo.seconds["read"] = time.perf_counter() - started
+        if photo.image is not None:
+            started = time.perf_counter()
+            photo.prepared = detector.prepare(photo.image)
+            photo.seconds["preprocess"] = time.perf_counter() - started
+        return photo
+
+    def save(photo: Photo, dets: Detections | None) -> None:
+        started = time.perf_counter()
+        if dets is not None:
+            try:
+                photo.line = save_photo(photo.source, photo.output, photo.image, dets, settings,
+                                        staged)
+            except WRITE_ERRORS as err:
+                photo.error = write_error(photo.source, err)
+        if photo.error:
+            photo.line = error_line(photo.source, photo.error)
+        photo.seconds["write"] = time.perf_counter() - started
+        photo.image = photo.prepared = None  # the pixels are written: free them now
+        done(photo)
+
+    with WriteBehind(QUEUE_DEPTH) as writer:
+        for photo in read_ahead(map(load, sources, outputs), QUEUE_DEPTH):
+            dets = None
+            if photo.error is None:
+                dets = detector.detect_prepared(photo.prepared)
+                photo.faces = len(dets)
+                photo.seconds.update(inference=detector.timings["inference"],
+                                     postprocess=detector.timings["postprocess"])
+            writer.submit(save, photo, dets)

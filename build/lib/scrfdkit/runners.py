@@ -1,0 +1,261 @@
+"""ONNX Runtime and LiteRT behind one interface: input size, layout, precision, backend, run().
+
+Callers never reach into a session or an interpreter: what they need (the op list, the
+providers in use) is a method here. Session and interpreter creation live here alone.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from .decode import OutputSpec, RawOutputs, group_outputs, identify_outputs
+from .defaults import DEFAULT_INPUT_HW, DEFAULT_THREADS
+from .errors import UserError
+from .metadata import check_unaltered, metadata_path, read_metadata
+from .tflite_check import check_tflite
+
+CPU_PROVIDERS = ("CPUExecutionProvider",)
+
+
+def _check_model_file(path: Path, suffix: str) -> None:
+    if not path.is_file():
+        raise UserError(f"model not found: {path}")
+    if path.suffix.lower() != suffix:
+        raise UserError(f"{path}: expected a {suffix} file")
+
+
+def onnx_session(path: str | os.PathLike, threads: int | None = DEFAULT_THREADS,
+                 providers: Sequence[str] | None = None, log_level: int = 3):
+    """An ONNX Runtime session: `threads` intra-op threads (None: ORT's choice), quiet logs."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = log_level  # dynamic-shape exports warn on every size but 640
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), options, providers=list(providers or CPU_PROVIDERS))
+    except Exception as err:  # onnxruntime raises its own exception types
+        raise UserError(f"cannot load {path} as ONNX: {str(err).splitlines()[0]}") from None
+
+
+def tflite_interpreter(path: str | os.PathLike, threads: int | None = None,
+                       delegates: Sequence | None = None, xnnpack: bool = True):
+    """A LiteRT interpreter (not yet allocated); xnnpack=False: builtin kernels only.
+
+    The file's structure is checked first: LiteRT crashes the process on a damaged one.
+    """
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    check_tflite(path)
+    resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    try:
+        return Interpreter(model_path=str(path), num_threads=threads or None,
+                           experimental_delegates=delegates,
+                           experimental_op_resolver_type=resolver)
+    except (ValueError, RuntimeError) as err:
+        raise UserError(f"cannot load {path} as TFLite: {str(err).splitlines()[0]}") from None
+
+
+def tflite_ops(interpreter) -> list[dict]:
+    """An allocated interpreter's execution plan: one dict per node (index, op_name, inputs,
+    outputs), delegated parts as DELEGATE nodes. LiteRT offers this only under a private name."""
+    return interpreter._get_ops_details()
+
+
+class OnnxRunner:
+    """ONNX Runtime on CPU (or CUDA/TensorRT when asked), at a chosen size for dynamic models."""
+
+    backend = "onnxruntime"
+    layout = "NCHW"
+
+    def __init__(self, model_path: str | os.PathLike, input_hw: tuple[int, int] | None = None,
+                 threads: int | None = DEFAULT_THREADS, providers: Sequence[str] | None = None):
+        path = Path(model_path)
+        _check_model_file(path, ".onnx")
+        self.model_path = path
+        self.session = onnx_session(path, threads, providers)
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].shape[1] not in (3, "3"):
+            raise UserError(f"not an SCRFD model: {path} needs one 1x3xHxW image input")
+        self.input_name = inputs[0].name
+        self.input_type = inputs[0].type
+        fixed = [d if isinstance(d, int) else None for d in inputs[0].shape[2:]]
+        self.dynamic_input = not all(fixed)
+        if not self.dynamic_input:
+            if input_hw and tuple(input_hw) != tuple(fixed):
+                raise UserError(f"{path.name} has a fixed {fixed[0]}x{fixed[1]} input; re-export "
+                                f"it with export_modified_onnx.py --hw {input_hw[0]},{input_hw[1]}")
+            input_hw = (int(fixed[0]), int(fixed[1]))
+        self.input_hw: tuple[int, int] = tuple(input_hw or DEFAULT_INPUT_HW)  # type: ignore
+        try:
+            probe = self.session.run(None, {self.input_name: np.zeros((1, 3, *self.input_hw),
+                                                                       np.float32)})
+        except Exception as err:
+            raise UserError(f"{path.name} does not run at {self.input_hw[0]}x{self.input_hw[1]}: "
+                            f"{str(err).splitlines()[0]}") from None
+        self.specs, self.anchors = identify_outputs([o.shape for o in probe], self.input_hw)
+        self.has_landmarks = any(s.kind == "kps" for s in self.specs)
+
+    @property
+    def precision(self) -> str:
+        return "float16" if "float16" in self.input_type else "float32"
+
+    def providers(self) -> list[str]:
+        """The execution providers the session really uses (CPU when a GPU one failed)."""
+        return self.session.get_providers()
+
+    def run(self, tensor: np.ndarray) -> RawOutputs:
+        outputs = self.session.run(None, {self.input_name: tensor})
+        return group_outputs(zip(self.specs, outputs))
+
+
+class LiteRTRunner:
+    """A .tflite through LiteRT (XNNPACK on CPU), reading the export's metadata when present.
+
+    `delegates` are extra LiteRT delegates (a GPU one, say); xnnpack=False turns LiteRT's
+    default XNNPACK delegate off (builtin kernels only), to see what XNNPACK is worth.
+    `delegated_partitions` counts the parts of the graph some delegate took.
+    """
+
+    backend = "litert"
+
+    def __init__(self, model_path: str | os.PathLike, input_hw: tuple[int, int] | None = None,
+                 threads: int | None = DEFAULT_THREADS, delegates: Sequence | None = None,
+                 xnnpack: bool = True):
+        path = Path(model_path)
+        _check_model_file(path, ".tflite")
+        self.model_path = path
+        self.interpreter = tflite_interpreter(path, threads, delegates, xnnpack)  # checks structure
+        self.metadata = read_metadata(path)
+        check_unaltered(path, self.metadata)  # the sidecar's sha256: weights altered since export
+        details = self.interpreter.get_input_details()
+        shape = [int(d) for d in details[0]["shape_signature"]] if len(details) == 1 else []
+        if len(shape) != 4 or not (shape[1] == 3 or shape[3] in (3, 4)):
+            raise UserError(f"not an SCRFD model: {path} needs one image input")
+        self.layout = "NCHW" if shape[1] == 3 else "NHWC"
+        # A 4-channel NHWC input is RGB plus a channel the stem ignores (zero weights): XNNPACK's
+        # first convolution runs much faster on 4 channels than on 3; we fill it in place.
+        self._rgba = self.layout == "NHWC" and shape[3] == 4
+        spatial = shape[2:] if self.layout == "NCHW" else shape[1:3]
+        self.dynamic_input = min(spatial) <= 0
+        if self.dynamic_input:  # size it before allocating
+            input_hw = tuple(input_hw or DEFAULT_INPUT_HW)
+            new_shape = [1, 3, *input_hw] if self.layout == "NCHW" else [1, *input_hw, shape[3]]
+            self.interpreter.resize_tensor_input(details[0]["index"], new_shape)
+        else:
+            if input_hw and tuple(input_hw) != tuple(spatial):
+                raise UserError(f"{path.name} was exported for {spatial[0]}x{spatial[1]}, not "
+                                f"{input_hw[0]}x{input_hw[1]}; export another size")
+            input_hw = tuple(spatial)
+        self.input_hw: tuple[int, int] = tuple(int(v) for v in input_hw)  # type: ignore
+        try:
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as err:
+            raise UserError(f"cannot prepare {path} at {self.input_hw[0]}x{self.input_hw[1]}: "
+                            f"{str(err).splitlines()[0]}") from None
+        self.delegated_partitions = self.op_names().count("DELEGATE")
+        self.input = self.interpreter.get_input_details()[0]
+        self.input_dtype = np.dtype(self.input["dtype"])
+        outputs = self.interpreter.get_output_details()
+        if self.metadata:
+            by_name = {o["name"]: o for o in self.metadata["outputs"]}
+            missing = [o["name"] for o in outputs if o["name"] not in by_name]
+            if missing:
+                raise UserError(f"metadata {metadata_path(path)} does not match the model "
+                                f"(unknown outputs {missing})")
+            self.specs = [OutputSpec(by_name[o["name"]]["kind"], by_name[o["name"]]["stride"])
+                          for o in outputs]
+            self.anchors = int(self.metadata["anchors_per_location"])
+        else:
+            self.specs, self.anchors = identify_outputs([o["shape"] for o in outputs],
+                                                        self.input_hw)
+        self.has_landmarks = any(s.kind == "kps" for s in self.specs)
+        self._outputs = [(spec, o["index"], *o["quantization"], o["dtype"])
+                         for spec, o in zip(self.specs, outputs)]
+        in_scale, in_zero = self.input["quantization"]
+        self._quantize = None
+        if self.input_dtype in (np.int8, np.uint8):
+            depth = cv2.CV_8S if self.input_dtype == np.int8 else cv2.CV_8U
+            self._quantize = (1.0 / in_scale, float(in_zero), depth)
+
+    @property
+    def precision(self) -> str:
+        """float32 / float16 / dynamic / int8: the export's word, else read from the tensor types."""
+        if self.metadata and self.metadata.get("precision"):
+            return self.metadata["precision"]
+        if self.input_dtype.kind in "iu":
+            return "int8"
+        types = {np.dtype(t["dtype"]).name for t in self.interpreter.get_tensor_details()}
+        return "float16" if "float16" in types else ("dynamic" if "int8" in types else "float32")
+
+    def op_names(self) -> list[str]:
+        """The interpreter's execution plan, one op name per node (DELEGATE for delegated parts)."""
+        return [op["op_name"] for op in tflite_ops(self.interpreter)]
+
+    def run(self, tensor: np.ndarray) -> RawOutputs:
+        if self._quantize:  # round(x / scale + zero), saturated: one OpenCV pass, not five numpy ones
+            inv_scale, zero, depth = self._quantize
+            flat = np.ascontiguousarray(tensor, np.float32).reshape(
+                -1, tensor.shape[-2] * tensor.shape[-1])
+            tensor = cv2.addWeighted(flat, inv_scale, flat, 0.0, zero, dtype=depth).reshape(
+                tensor.shape)
+        if self._rgba:
+            self._write_rgba(tensor)
+        else:
+            self.interpreter.set_tensor(self.input["index"], tensor)
+        self.interpreter.invoke()
+        pairs = []
+        for spec, index, scale, zero, dtype in self._outputs:
+            array = self.interpreter.get_tensor(index)
+            if dtype != np.float32:
+                array = (array.astype(np.float32) - zero) * scale if scale else array.astype(
+                    np.float32)
+            pairs.append((spec, array))
+        return group_outputs(pairs)
+
+    def _write_rgba(self, tensor: np.ndarray) -> None:
+        """RGB (1, H, W, 3) into the 4-channel input buffer, in place, in one OpenCV pass."""
+        buffer = self.interpreter.tensor(self.input["index"])()  # a view: drop it before invoke
+        source, target = tensor.reshape(tensor.shape[-3:]), buffer[0]
+        if source.dtype != np.float32:  # int8/uint8: same bytes, OpenCV only knows uint8
+            source, target = source.view(np.uint8), target.view(np.uint8)
+        written = cv2.cvtColor(source, cv2.COLOR_RGB2RGBA, dst=target)
+        if written.ctypes.data != target.ctypes.data:  # OpenCV chose its own array after all
+            target[..., :3] = source
+        del buffer, target, written
+
+
+Runner = OnnxRunner | LiteRTRunner
+
+
+def open_runner(model_path: str | os.PathLike, input_hw: tuple[int, int] | None = None,
+                threads: int | None = DEFAULT_THREADS, **options) -> Runner:
+    """ONNX Runtime for .onnx, LiteRT for .tflite."""
+    suffix = Path(model_path).suffix.lower()
+    if suffix == ".onnx":
+        return OnnxRunner(model_path, input_hw, threads, **options)
+    if suffix == ".tflite":
+        return LiteRTRunner(model_path, input_hw, threads, **options)
+    raise UserError(f"{model_path}: unsupported model type (expected .onnx or .tflite)")
+
+
+def fixed_input_hw(model_path: Path) -> tuple[int, int] | None:
+    """The input size a model file was exported for, or None when it takes any size."""
+    if not model_path.is_file():
+        raise UserError(f"model not found: {model_path}")
+    suffix = model_path.suffix.lower()
+    if suffix == ".onnx":
+        hw = onnx_session(model_path, threads=1).get_inputs()[0].shape[2:]
+        hw = [d if isinstance(d, int) else 0 for d in hw]
+    elif suffix == ".tflite":
+        shape = list(tflite_interpreter(model_path).get_input_details()[0]["shape_signature"])
+        hw = shape[2:] if len(shape) == 4 and shape[1] == 3 else shape[1:3]
+    else:
+        raise UserError(f"{model_path}: unsupported model type (expected .onnx or .tflite)")
+    return (int(hw[0]), int(hw[1])) if len(hw) == 2 and min(hw) > 0 else None

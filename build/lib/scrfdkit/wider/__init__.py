@@ -1,0 +1,1 @@
+"""WIDER FACE: the dataset files, the official and rough metrics, error analysis, and whole evaluations."""

@@ -30,6 +30,9 @@ SHARED = Path(os.environ.get("SCRFD_SHARED", REPO.parent / "shared")).resolve()
 MODELS = Path(os.environ.get("SCRFD_MODELS", SHARED / "models"))
 SAMPLES = Path(os.environ.get("SCRFD_SAMPLES", SHARED / "samples"))
 WIDER = Path(os.environ.get("SCRFD_WIDER", SHARED / "widerface"))
+# The scripts look for the peers' model files in the repository's models/peers; the tests (and
+# the scripts they start) use SHARED's, as they use its models, unless told otherwise.
+os.environ.setdefault("SCRFD_PEERS_DIR", str(MODELS / "peers"))
 TEST_HW = (128, 160)  # small, non-square: keeps conversions fast on two cores
 # Exports are kept in CACHE/<key>/, the key a sha256 of everything that shapes them (see
 # export_key): a changed exporter, source model or converter version makes new ones.

@@ -94,10 +94,11 @@ test: setup
 test-readme: setup
 	SCRFD_SHARED=$(SHARED) $(RUN) -m pytest tests -q -m readme
 
-# The inference, evaluation and speed tests again, in an environment made by `pip install .`
-# alone (the package with its inference dependencies: no TensorFlow; current numpy, OpenCV,
-# ONNX Runtime, LiteRT) plus Ray (requirements-scale.txt). Uses the exports `make test` left
-# in .cache/tests.
+# The tests marked `inference` (those whose outcome depends on the inference packages' versions)
+# again, in an environment made by `pip install .` alone (the package with its inference
+# dependencies: no TensorFlow; current numpy, OpenCV, ONNX Runtime, LiteRT) plus Ray
+# (requirements-scale.txt). Uses the exports `make test` left in .cache/tests/<key>, made by the
+# same exporter code from the same model.
 $(INFERENCE_VENV)/.installed: pyproject.toml requirements-scale.txt
 	$(PYTHON) -m venv $(INFERENCE_VENV)
 	$(INFERENCE_VENV)/bin/pip install --quiet --upgrade pip

@@ -78,7 +78,7 @@ class Entry:
         return [Path(self.detector.model_path)] if getattr(self.detector, "model_path", None) else []
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = ArgumentParser(__doc__)
     parser.add_argument("--detectors", nargs="+", default=["all"], metavar="NAME",
                         help=f"peers to compare: all (default) or names from {', '.join(PEERS)}")
@@ -129,7 +129,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--settings", action="store_true",
                         help="only print every peer's input size and thresholds as a markdown "
                              "table (the README's) and exit")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def open_entries(names: list[str], models: list[Path], threads: int, peers_dir: Path | None,
@@ -245,8 +245,8 @@ def evaluate_missing(detectors: list[tuple[str, str]], known: dict[str, dict],
     return [str(evaluation.out) for evaluation in evaluations + tiled]
 
 
-def main() -> int:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.settings:
         print("\n".join(settings_table()))
         return 0

@@ -212,8 +212,8 @@ def resuming(args: argparse.Namespace) -> bool:
     return not args.model and args.predictions is None and not args.detector
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     check_options(args)
     model = args.model[0] if args.model and not args.grid else None
     size = args.size[0] if args.size and not args.grid else None

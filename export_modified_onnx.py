@@ -73,7 +73,7 @@ def export(source: Path, out: Path, height: int, width: int, opset: int, check_p
     print(f"wrote {display(out)}")
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = ArgumentParser(__doc__)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL,
                         help=f"SCRFD ONNX model to fix (default {display(DEFAULT_MODEL)})")
@@ -104,11 +104,11 @@ def parse_args() -> argparse.Namespace:
                         help="folder URL holding the release archives (<URL>/buffalo_sc.zip ...; "
                              f"default: ${MODEL_URL_ENV} when set, else InsightFace's v0.7 "
                              "release)")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.download:
         check_download_url(args.mirror)
         check_writable_folder(args.models_dir, f"--models-dir {args.models_dir}")

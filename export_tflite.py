@@ -48,7 +48,7 @@ DEFAULT_CHECK_IMAGES = [DEFAULT_IMAGE]
 CALIB_CHECK_PHOTOS = 4  # calibration photos added to the parity check when calibrating
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = ArgumentParser(__doc__)
     parser.add_argument("--onnx", type=Path, default=DEFAULT_ONNX,
                         help=f"fixed-size ONNX from export_modified_onnx.py (default {display(DEFAULT_ONNX)})")
@@ -75,7 +75,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None,
                         help="output .tflite, its sidecar beside it as <out>.json (default "
                              "models/<family>_<H>x<W>_<precision>.tflite)")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def build_metadata(tflite_path: Path, onnx_path: Path, family: str, precision: str,
@@ -157,8 +157,8 @@ def convert(args: argparse.Namespace, precision: str, calib: np.ndarray | None,
     return produced, recipe
 
 
-def main() -> int:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     precision = ("int8" if args.int8 else "float16" if args.fp16 else
                  "dynamic" if args.dynamic else "float32")
     source = OnnxRunner(args.onnx, threads=None)  # validates: exists, ONNX, SCRFD, runs

@@ -69,7 +69,7 @@ def thread_list(text: str) -> list[int]:
     return threads
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = ArgumentParser(__doc__)
     parser.add_argument("--analyze", nargs="+", metavar="MODEL", default=None,
                         help="only print these models' statistics (parameters, FLOPs, ops, memory, "
@@ -131,7 +131,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--plot", type=Path, default=DEFAULT_PLOT,
                         help="speed-accuracy plot, written when evaluation results match timed "
                              "models (default results/speed_accuracy.png)")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def check_inputs(args: argparse.Namespace) -> Path | None:
@@ -283,8 +283,8 @@ def prepare(models: list[Path], backends: list[str], args: argparse.Namespace, i
     return configs, statistics
 
 
-def main() -> int:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     image = check_inputs(args)
     if args.analyze:
         return run_statistics([Path(p) for p in args.analyze], args.hw, image)

@@ -23,7 +23,7 @@ BLUR_MARGIN = 0.25  # each side of the box grows by this fraction: hair, ears an
 VIDEO_BLUR_GROW = 0.35
 VIDEO_BLUR_SHAPE = "ellipse"
 PIXELATE_BLOCKS = 8  # a pixelated face is this many blocks across
-BLUR_SIGMA = 0.1  # gaussian sigma as a fraction of the grown box: eyes and mouth merge
+BLUR_SIGMA = 0.15  # gaussian sigma as a fraction of the grown box: eyes and mouth merge
 BLUR_WORKING_SIGMA = 2.0  # pixels: larger blurs run on a shrunk copy (same look, far cheaper)
 
 

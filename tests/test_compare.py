@@ -8,7 +8,7 @@ import json
 import re
 
 import pytest
-from conftest import run_script, run_script_without
+from conftest import run_main, run_script, run_script_without
 
 from scrfdkit.compare import comparison, peers
 from scrfdkit.files import sha256_of
@@ -122,7 +122,7 @@ def test_list_says_which_peers_run_and_times_them(yunet_only, samples_dir):
     (("--evaluate", "--images-list", "/nonexistent/list.txt"), "images list not found"),
 ])
 def test_bad_options_are_one_line_errors(args, message, tmp_path):
-    proc = run_script("compare_detectors.py", *args, "--no-rss", "--out", tmp_path / "out", check=False)
+    proc = run_main("compare_detectors.py", *args, "--no-rss", "--out", tmp_path / "out")
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert proc.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
 

@@ -1,9 +1,8 @@
 """scrfd.py --ray: on a local Ray cluster, the same files and JSON lines as a single-process run.
 
-The scripts run as subprocesses, each --ray run starting its own two-actor cluster ("--ray
-local", so a cluster already running on the machine is left alone); the actor itself is also
-driven in-process, without Ray, for paths, file:// URIs and unreadable photos. About a minute
-on two cores, most of it Ray starting up.
+The scripts run as subprocesses and join one two-CPU cluster the module starts (conftest's
+ray_cluster, so a cluster already running on the machine is left alone); the actor itself is
+also driven in-process, without Ray, for paths, file:// URIs and unreadable photos.
 """
 from __future__ import annotations
 
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, run_script
+from conftest import REPO, run_main, run_script
 
 pytest.importorskip("ray", reason="Ray is not installed: python -m pip install -r "
                                   "requirements-scale.txt")
@@ -48,7 +47,8 @@ def wider_photos(wider_dir: Path, folder: Path, count: int) -> Path:
     return folder
 
 
-def test_ray_run_writes_what_a_single_process_run_writes(det500m_onnx, wider_dir, tmp_path):
+def test_ray_run_writes_what_a_single_process_run_writes(ray_cluster, det500m_onnx, wider_dir,
+                                                         tmp_path):
     photos = wider_photos(wider_dir, tmp_path / "photos", 8)
     listed = tmp_path / "photos.txt"  # the inputs as an @LIST file, a blank line included
     listed.write_text("\n".join(sorted(map(str, photos.iterdir()))[:4]) + "\n\n"
@@ -58,7 +58,7 @@ def test_ray_run_writes_what_a_single_process_run_writes(det500m_onnx, wider_dir
     common = ("--model", det500m_onnx, "--size", SIZE, "--threads", "1", "--out", "out",
               "--crops", "crops")
     run_script("scrfd.py", *common, "--image", photos, cwd=single)
-    proc = run_script("scrfd.py", *common, "--image", f"@{listed}", "--ray", "local",
+    proc = run_script("scrfd.py", *common, "--image", f"@{listed}", "--ray", ray_cluster,
                       "--ray-actors", "2", cwd=ray_run, timeout=RAY_TIMEOUT)
 
     assert "2 actor(s) x 1 thread(s)" in proc.stdout
@@ -76,7 +76,8 @@ def test_ray_run_writes_what_a_single_process_run_writes(det500m_onnx, wider_dir
     assert leftovers(ray_run / "out", ray_run / "crops") == []
 
 
-def test_a_stopped_ray_run_leaves_the_earlier_results_whole(det500m_onnx, wider_dir, tmp_path):
+def test_a_stopped_ray_run_leaves_the_earlier_results_whole(ray_cluster, det500m_onnx, wider_dir,
+                                                            tmp_path):
     photos = wider_photos(wider_dir, tmp_path / "photos", 40)
     out = tmp_path / "out"
     run_script("scrfd.py", "--model", det500m_onnx, "--size", "640,640", "--image", photos,
@@ -84,7 +85,7 @@ def test_a_stopped_ray_run_leaves_the_earlier_results_whole(det500m_onnx, wider_
     before = files(out)
     proc = subprocess.Popen([sys.executable, str(REPO / "scrfd.py"), "--model", str(det500m_onnx),
                              "--size", "640,640", "--threads", "1", "--image", str(photos),
-                             "--out", str(out), "--ray", "local", "--ray-actors", "2"],
+                             "--out", str(out), "--ray", ray_cluster, "--ray-actors", "2"],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + RAY_TIMEOUT
     while time.monotonic() < deadline and proc.poll() is None and not leftovers(out):
@@ -150,6 +151,5 @@ def test_sources_come_from_paths_folders_and_uri_globs(tmp_path):
 def test_ray_options_are_checked_before_any_work(det500m_onnx, tmp_path):
     for args, message in ((("--ray-actors", "2"), "--ray-actors needs --ray"),
                           (("--image", "s3://bucket/photos/"), "URIs are read by --ray runs")):
-        proc = run_script("scrfd.py", "--model", det500m_onnx, "--out", tmp_path, *args,
-                          check=False)
+        proc = run_main("scrfd.py", "--model", det500m_onnx, "--out", tmp_path, *args)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr

@@ -1,9 +1,8 @@
 """evaluate_widerface.py --grid --ray and compare_detectors.py --ray: each evaluation a Ray
 task, and the tables those of the run here.
 
-Every --ray run starts its own local cluster ("--ray local", two CPUs on the test machine, no
-dashboard), so a cluster already running is left alone. About a minute on two cores, most of
-it Ray starting up.
+Every --ray run joins one local cluster the module starts (conftest's ray_cluster: two CPUs, no
+dashboard), so a cluster already running is left alone.
 """
 from __future__ import annotations
 
@@ -35,14 +34,15 @@ def predictions(out: Path) -> dict[str, bytes]:
     return {str(p.relative_to(out)): p.read_bytes() for p in out.glob("*/predictions/*/*.txt")}
 
 
-def test_grid_on_ray_writes_the_tables_of_a_run_here(det500m_onnx, wider_dir, tmp_path):
+def test_grid_on_ray_writes_the_tables_of_a_run_here(ray_cluster, det500m_onnx, wider_dir,
+                                                     tmp_path):
     listing = first_images(wider_dir, tmp_path, 20)
     common = ("--grid", "--model", det500m_onnx, "--size", "256,256", "--size", "320,320",
               "--wider", wider_dir, "--images-list", listing, "--protocol", "rough",
               "--threads", "1")
     here, on_ray = tmp_path / "here", tmp_path / "ray"
     run_script("evaluate_widerface.py", *common, "--out", here)
-    proc = run_script("evaluate_widerface.py", *common, "--out", on_ray, "--ray", "local",
+    proc = run_script("evaluate_widerface.py", *common, "--out", on_ray, "--ray", ray_cluster,
                       timeout=RAY_TIMEOUT)
 
     for table in ("metrics.md", "metrics.csv"):
@@ -62,7 +62,8 @@ def test_grid_on_ray_writes_the_tables_of_a_run_here(det500m_onnx, wider_dir, tm
         assert "20 images to evaluate" in log and "wrote " in log
 
 
-def test_a_failed_task_is_reported_as_a_run_here_reports_it(det500m_onnx, wider_dir, tmp_path):
+def test_a_failed_task_is_reported_as_a_run_here_reports_it(ray_cluster, det500m_onnx, wider_dir,
+                                                            tmp_path):
     """A WIDER FACE folder whose photos are all damaged: the evaluation itself fails."""
     damaged = tmp_path / "wider"
     damaged.mkdir()
@@ -77,7 +78,7 @@ def test_a_failed_task_is_reported_as_a_run_here_reports_it(det500m_onnx, wider_
               "--wider", damaged, "--threads", "1")
     here = run_script("evaluate_widerface.py", *common, "--out", tmp_path / "here", check=False)
     on_ray = run_script("evaluate_widerface.py", *common, "--out", tmp_path / "ray",
-                        "--ray", "local", check=False, timeout=RAY_TIMEOUT)
+                        "--ray", ray_cluster, check=False, timeout=RAY_TIMEOUT)
     assert here.returncode == on_ray.returncode == 2
     assert here.stderr.strip().splitlines()[-1] == "error: no image could be read"
     assert on_ray.stderr.strip().splitlines()[-1] == "error: no image could be read"
@@ -93,8 +94,8 @@ def ap_columns(out: Path) -> dict[str, tuple]:
                 for row in csv.DictReader(handle)}
 
 
-def test_compare_evaluates_what_is_missing_on_ray(models_dir, det500m_onnx, wider_dir,
-                                                  samples_dir, tmp_path):
+def test_compare_evaluates_what_is_missing_on_ray(ray_cluster, models_dir, det500m_onnx,
+                                                  wider_dir, samples_dir, tmp_path):
     """`make compare`'s way (evaluate_widerface.py runs, then compare_detectors.py) and
     compare_detectors.py --ray, which evaluates the two detectors as Ray tasks: same APs."""
     if reason := dict(peers.available_peers(models_dir / "peers"))["yunet"]:
@@ -113,7 +114,7 @@ def test_compare_evaluates_what_is_missing_on_ray(models_dir, det500m_onnx, wide
     run_script("compare_detectors.py", *compare, "--eval-results",
                f"{evaluated}/**/results.json", "--out", tmp_path / "sequential")
     proc = run_script("compare_detectors.py", *compare, "--eval-results", tmp_path / "none",
-                      "--wider", wider_dir, "--images-list", listing, "--ray", "local",
+                      "--wider", wider_dir, "--images-list", listing, "--ray", ray_cluster,
                       "--out", tmp_path / "ray", timeout=RAY_TIMEOUT)
 
     columns = ap_columns(tmp_path / "ray")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ai_edge_litert import schema_py_generated as schema
-from conftest import SAMPLES, run_script
+from conftest import SAMPLES, run_main, run_script
 
 from scrfdkit import SCRFD, UserError
 from scrfdkit.export.model_files import replace_model, write_metadata
@@ -29,10 +29,12 @@ from scrfdkit.tflite_check import check_tflite
 pytestmark = pytest.mark.inference  # runs without TensorFlow (CI: make test-inference)
 
 
-def assert_refused(model: Path, tmp_path: Path, *phrases: str) -> None:
-    """scrfd.py on the model: exit code 2, one `error:` line naming the damage, no traceback."""
-    proc = run_script("scrfd.py", "--model", model, "--image", SAMPLES / "friends.jpg",
-                      "--out", tmp_path / "out", check=False)
+def assert_refused(model: Path, tmp_path: Path, *phrases: str, process: bool = False) -> None:
+    """scrfd.py on the model: exit code 2, one `error:` line naming the damage, no traceback.
+    In-process through main(argv) (the checks run before LiteRT sees the file), or with
+    process=True as its own process, the way LiteRT's crashes used to take it down."""
+    args = ("--model", model, "--image", SAMPLES / "friends.jpg", "--out", tmp_path / "out")
+    proc = run_script("scrfd.py", *args, check=False) if process else run_main("scrfd.py", *args)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
@@ -166,7 +168,7 @@ def test_one_flipped_weight_byte_is_enough(tflite_float32, tmp_path):
 def test_not_a_tflite_file(det500m_onnx, tmp_path):
     model = tmp_path / "renamed.tflite"
     shutil.copyfile(det500m_onnx, model)
-    assert_refused(model, tmp_path, "is damaged", "TFL3")
+    assert_refused(model, tmp_path, "is damaged", "TFL3", process=True)
 
 
 # ----------------------------------------------------------------------------- replacing a pair
@@ -196,17 +198,20 @@ def test_ctrl_c_between_the_two_renames_waits_for_the_second(tmp_path, monkeypat
     """An interrupt landing after the model's rename still lets the sidecar follow it."""
     destination = _pair(tmp_path / "models", "old")
     staged = _pair(tmp_path / "stage", "new")
-    real_replace = os.replace
+    real_replace, renamed = os.replace, []
 
-    def replace_then_interrupt(source, destination):
-        real_replace(source, destination)
-        if Path(destination) == destination:
+    def replace_then_interrupt(source, target):
+        real_replace(source, target)
+        renamed.append(Path(target))
+        if Path(target) == destination:  # the model is in place, its sidecar not yet
             signal.raise_signal(signal.SIGINT)
 
     monkeypatch.setattr(os, "replace", replace_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         replace_model(staged, destination)
-    assert destination.read_text() == "model new" and metadata_path(destination).read_text() == "sidecar new"
+    assert renamed == [destination, metadata_path(destination)]  # the interrupt came in between
+    assert destination.read_text() == "model new"
+    assert metadata_path(destination).read_text() == "sidecar new"
 
 
 def test_a_lone_tflite_describes_itself(tflite_float32, samples_dir, tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import REPO, SAMPLES, TEST_HW, run_script
+from conftest import REPO, SAMPLES, TEST_HW, run_main, run_script
 from onnx import numpy_helper
 
 from scrfdkit import timing
@@ -117,7 +117,10 @@ def test_timing_run_writes_every_field(fixed_onnx, tflite_float32, tflite_int8, 
                       "--eval-results", tmp_path / "none", "--json", paths["json"],
                       "--csv", paths["csv"], "--markdown", paths["md"])
     result = json.loads(paths["json"].read_text())
-    rows = result["rows"]
+    usable = [b for b, why in backends.gpu_status().items() if why is None]
+    gpu_rows = [r for r in result["rows"] if r["backend"] in backends.GPU_BACKENDS]
+    assert {r["backend"] for r in gpu_rows} <= set(usable)  # auto: a GPU backend only if usable
+    rows = [r for r in result["rows"] if r not in gpu_rows]
     assert {r["backend"] for r in rows} == {"onnxruntime", "litert"} and len(rows) == 3
     required = ["median_ms", "p90_ms", "p99_ms", "round_median_min_ms", "round_median_max_ms",
                 "cpu_median_ms", "throughput_fps", "e2e_read_ms", "e2e_preprocess_ms",
@@ -133,14 +136,19 @@ def test_timing_run_writes_every_field(fixed_onnx, tflite_float32, tflite_int8, 
         assert stages <= row["e2e_total_ms"] * 1.5  # medians of parts against the median whole
     assert {r["precision"] for r in rows} == {"float32", "int8"}
     names = {r["ratio"] for r in result["ratios"]}
-    assert names == {"LiteRT float32 / ONNX Runtime float32", "LiteRT int8 / LiteRT float32"}
+    cpu_ratios = {"LiteRT float32 / ONNX Runtime float32", "LiteRT int8 / LiteRT float32"}
+    assert names == cpu_ratios if not gpu_rows else cpu_ratios <= names
     assert result["model_statistics"] and "measurements" in result
     with open(paths["csv"]) as handle:
-        assert len(list(csv.DictReader(handle))) == 3
+        assert len(list(csv.DictReader(handle))) == 3 + len(gpu_rows)
     table = paths["md"].read_text()
     assert "| Model | Input | Precision | Backend |" in table and "LiteRT float32 / ONNX" in table
     assert "no speed-accuracy plot" in proc.stdout
-    assert "GPU: none usable here" in proc.stdout  # this machine has none; say so
+    if usable:  # a GPU machine names what it can use, and never claims to have none
+        assert "GPU: none usable here" not in proc.stdout
+        assert all(f"{b}: available" in proc.stdout for b in usable), proc.stdout
+    else:
+        assert "GPU: none usable here" in proc.stdout  # this machine has none; say so
     for text in (proc.stdout, table):
         assert "target" not in text.lower() and " met" not in text
 
@@ -218,8 +226,10 @@ def test_speed_accuracy_plot_from_results_json(tflite_float32, tmp_path):
     (("--score", "1.5"), "--score"), (("--backends", "tpu"), "unknown backend 'tpu'"),
 ])
 def test_bad_options_are_one_line_errors(args, message, tflite_float32, tmp_path):
-    proc = run_script("speed_test.py", "--models", tflite_float32, "--json", tmp_path / "r.json",
-                      *args, check=False)
+    """In-process through main(argv); test_damaged_model_alone_is_a_one_line_error runs the
+    script as a process."""
+    proc = run_main("speed_test.py", "--models", tflite_float32, "--json", tmp_path / "r.json",
+                    *args)
     assert proc.returncode == 2 and message in proc.stderr
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ")
     assert not (tmp_path / "r.json").exists()
@@ -232,7 +242,7 @@ def test_unreadable_image_and_unwritable_json_fail_before_timing(tflite_float32,
                           (("--json", "/proc/speed/r.json"), "not writable"),
                           (("--json", tmp_path), "is a folder"),
                           (("--markdown", tflite_float32), "would overwrite the input")):
-        proc = run_script("speed_test.py", "--models", tflite_float32, *args, check=False)
+        proc = run_main("speed_test.py", "--models", tflite_float32, *args)
         assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr)
         assert proc.stderr.count("\n") == 1 and "timing" not in proc.stdout
 
@@ -269,6 +279,25 @@ def test_latency_summary_and_paired_ratio():
     assert summary["median_ms"] == pytest.approx(16.0)
     ratio = timing.paired_ratio([[2.0], [3.0]], [[1.0], [2.0]])
     assert ratio == {"value": pytest.approx(1.75), "round_min": 1.5, "round_max": 2.0}
+
+
+def test_latency_percentiles_mean_and_throughput_of_known_timings():
+    """1, 2, ..., 101 ms in three rounds of unequal length, shuffled: the p-th percentile of
+    101 evenly spaced samples is sample p + 1 exactly (no interpolation question), the mean
+    51 ms, and throughput one image per mean latency."""
+    samples = np.random.default_rng(7).permutation(np.arange(1, 102)) / 1e3
+    rounds = [samples[:30], samples[30:80], samples[80:]]
+    summary = timing.latency_summary(rounds)
+    assert summary["samples"] == 101 and summary["rounds"] == 3
+    assert summary["median_ms"] == pytest.approx(51.0)
+    assert summary["p90_ms"] == pytest.approx(91.0)
+    assert summary["p99_ms"] == pytest.approx(100.0)
+    assert summary["mean_ms"] == pytest.approx(51.0)
+    assert (summary["min_ms"], summary["max_ms"]) == pytest.approx((1.0, 101.0))
+    assert summary["throughput_fps"] == pytest.approx(1000 / 51)
+    medians = sorted(float(np.median(r)) * 1e3 for r in rounds)
+    assert (summary["round_median_min_ms"], summary["round_median_max_ms"]) == pytest.approx(
+        (medians[0], medians[-1]))
 
 
 def test_command_memory_sees_tensorflow(tmp_path, monkeypatch):

@@ -443,7 +443,10 @@ def map_tasks(address: str | None, function: Callable, items: Sequence, *, cpus:
         print(f"ray: cluster at {cluster.address} with {cluster.cpus} CPU(s), ready in "
               f"{time.perf_counter() - connecting:.1f} s; {len(items)} task(s) of {cpus} "
               f"thread(s) each, each one's output in its log", flush=True)
-        task = ray.remote(function).options(num_cpus=cpus, max_retries=0)
+        def run(item):  # ray.remote takes functions and classes, not partial objects
+            return function(item)
+
+        task = ray.remote(run).options(num_cpus=cpus, max_retries=0)
         started = time.perf_counter()
         pending = {task.remote(item): index for index, item in enumerate(items)}
         results: list[dict | None] = [None] * len(items)

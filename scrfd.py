@@ -43,7 +43,9 @@ from tqdm import tqdm
 
 from scrfdkit.cli import (DEFAULT_IMAGE, DEFAULT_MODEL, MODELS_DIR, RESULTS_DIR, ArgumentParser,
                           add_detector_arguments, add_face_output_arguments, add_tile_argument,
-                          check_model, cli, display, positive_int, score_threshold, tile_setting)
+                          add_verify_arguments,
+                          check_model, check_verify_options, cli, display, positive_int,
+                          score_threshold, tile_setting)
 from scrfdkit.defaults import TILE_FACE
 from scrfdkit.detector import SCRFD
 from scrfdkit.errors import UserError
@@ -52,8 +54,8 @@ from scrfdkit.files import (STDOUT, Output, StagedOutputs, check_output_file, ch
 from scrfdkit.metadata import metadata_path
 from scrfdkit.photos import (JSON_NAME, NAMING, Photo, PhotoOutputs, image_format, output_paths,
                              planned_outputs, run_photos)
-from scrfdkit.privacy import (DEFAULT_VERIFY_MODEL, VERIFY_SCORE, Verifier, report_line,
-                              verify_photos)
+from scrfdkit.privacy import (DEFAULT_VERIFY_MODEL, VERIFY_SCORE, Verifier,
+                              report_verification, verifiers_for, verify_photos)
 from scrfdkit.scale.reach import CONNECT_TIMEOUT, check_reachable
 from scrfdkit.tiles import largest_tile_face
 
@@ -84,17 +86,7 @@ def parse_args(argv: list[str] | None = None):
                         help="one line per image instead of a progress bar")
     add_detector_arguments(parser, per="image")
     add_tile_argument(parser, per="photo", blur=True)
-    parser.add_argument("--verify", action="store_true",
-                        help="with --blur: look for faces again in every written image, with the "
-                             f"run's model and --verify-model, at score >= {VERIFY_SCORE:g}; "
-                             "report each face still detectable, per image, and exit 1 if there "
-                             "is one")
-    parser.add_argument("--verify-model", type=Path, default=None, metavar="MODEL",
-                        help="the stronger detector for --verify; a dynamic ONNX model runs at "
-                             "each image's full resolution (default: "
-                             f"models/{DEFAULT_VERIFY_MODEL} when it exists, from "
-                             "`export_modified_onnx.py --download buffalo_m`; else the run's "
-                             "model checks alone)")
+    add_verify_arguments(parser, "image", DEFAULT_VERIFY_MODEL, VERIFY_SCORE)
     parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                         help="run on a Ray cluster: no ADDRESS joins or starts one as Ray does "
                              "(RAY_ADDRESS, then a local `ray start` cluster, else a new one); "
@@ -198,39 +190,11 @@ def check_run_outputs(args, images: list, outputs: list[Path], settings: PhotoOu
     return json_path
 
 
-def verifiers_for(args, detector: SCRFD) -> list[Verifier]:
-    """--verify's detectors: the run's model at the run's size, and the stronger one."""
-    if not args.verify:
-        return []
-    verifiers = [Verifier(detector.model_path, detector.input_hw, args.threads)]
-    stronger = args.verify_model or MODELS_DIR / DEFAULT_VERIFY_MODEL
-    if args.verify_model is None and not stronger.exists():
-        print(f"note: {display(stronger)} not found, so --verify checks with "
-              f"{display(detector.model_path)} alone")
-    else:
-        verifiers.append(Verifier(stronger, threads=args.threads))
-    return verifiers
-
-
-def verify(verifiers: list[Verifier], outputs: list[Path], json_path: Path, verbose: bool) -> int:
+def verify(verifiers: list[Verifier], outputs: list[Path], json_path: Path) -> int:
     """--verify after the run: each image with a face still detectable, and 1 if there is one."""
     records = [json.loads(line) for line in json_path.read_text().splitlines()]
-    checked = flagged = faces = 0
-    for output, left in tqdm(verify_photos(verifiers, outputs, records), total=len(records),
-                             unit="img", desc="verify", disable=verbose):
-        checked += 1
-        if left:
-            flagged, faces = flagged + 1, faces + len(left)
-            tqdm.write(f"warning: {report_line(output, left)}", file=sys.stderr)
-    names = " and ".join(verifier.name for verifier in verifiers)
-    print(f"verify: {checked} blurred image(s) checked by {names} at score >= {VERIFY_SCORE:g}: "
-          f"{faces} face(s) still detectable" + (f" in {flagged} image(s)" if faces else ""))
-    if faces:
-        print(f"error: faces still detectable in {flagged} of {checked} blurred image(s), listed "
-              "above; the images are written: check them, or blur again with a lower --score or "
-              "a larger model or --size", file=sys.stderr)
-        return 1
-    return 0
+    return report_verification(verifiers, verify_photos(verifiers, outputs, records),
+                               len(records), "image")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -241,10 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                         "image files, folders or glob patterns")
     if args.ray_actors is not None and args.ray is None:
         raise UserError("--ray-actors needs --ray")
-    if args.verify_model is not None and not args.verify:
-        raise UserError("--verify-model needs --verify")
-    if args.verify and not args.blur:
-        raise UserError("--verify checks what --blur hid; add --blur")
+    check_verify_options(args)
     if args.ray is not None:
         check_reachable(args.ray)
     check_output_folder(args.out, "--out")
@@ -265,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     detector = SCRFD(**options)
     if args.crops and not detector.has_landmarks:
         raise UserError(f"--crops needs landmarks, and {display(model_path)} has none")
-    verifiers = verifiers_for(args, detector)
+    verifiers = verifiers_for(detector.model_path, detector.input_hw, args.verify_model,
+                              MODELS_DIR / DEFAULT_VERIFY_MODEL, args.threads) if args.verify else []
     print(f"model {display(model_path)}: {detector.runner.backend}, input "
           f"{detector.input_hw[0]}x{detector.input_hw[1]}, score >= {detector.score_threshold:g}"
           + (f", tiled (faces up to {min(tile, largest_tile_face(detector.input_hw))} px whole "
@@ -300,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
               file=report)
     where = "standard output" if str(json_path) == STDOUT else display(json_path)
     print(f"faces (JSON lines): {where}", file=report)
-    return verify(verifiers, outputs, json_path, verbose) if verifiers else 0
+    return verify(verifiers, outputs, json_path) if verifiers else 0
 
 
 if __name__ == "__main__":

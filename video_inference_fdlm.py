@@ -9,18 +9,17 @@ about the model's speed.
 
     python video_inference_fdlm.py --video data/fatboygang.mp4   # -> results/fatboygang_fdlm.mp4
     python video_inference_fdlm.py --video clip.mp4 --blur --two-pass --out /tmp/o/clip.webm
-    python video_inference_fdlm.py --video clip.mp4 --tile       # small faces too, more passes
     python video_inference_fdlm.py --webcam 0 --show             # stop with q, Esc or Ctrl-C
 
 .mp4 (H.264, the default) and .webm (VP9) play in browsers and phones, .mov and .mkv (H.264)
-in desktop players; audio is copied as it is, or re-encoded (AAC, Opus for .webm) where the
-container cannot hold it.
+in desktop players; audio is copied, or re-encoded (AAC, Opus for .webm) where it must be.
 
 --blur follows faces across frames (ByteTrack-style), so a face the detector misses for a few
 frames stays hidden: a low-score detection (--track-score) may continue a face but never
 starts one, and a face's predicted box stays blurred for --track-hold frames after its last
 detection. --two-pass first detects the whole video, then also hides each face for
---track-hold frames before its first detection.
+--track-hold frames before its first detection. --verify then looks for faces again in every
+written frame (the run's model and a stronger one), and exits 1 if one is left.
 
 A video that breaks mid-way keeps every frame decoded before the break (with a warning).
 Ctrl-C or SIGTERM finishes the frames in hand (exit 130 or 143): the partial video and JSON
@@ -41,12 +40,15 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from scrfdkit.cli import (DEFAULT_MODEL, RESULTS_DIR, ArgumentParser, add_detector_arguments,
-                          add_face_output_arguments, add_tile_argument, camera_index, check_model,
+from scrfdkit.cli import (DEFAULT_MODEL, MODELS_DIR, RESULTS_DIR, ArgumentParser,
+                          add_detector_arguments, add_face_output_arguments, add_tile_argument,
+                          add_verify_arguments, camera_index, check_model, check_verify_options,
                           cli, count, display, fraction, score_threshold, tile_setting)
 from scrfdkit.defaults import TILE_FACE, VIDEO_BLUR_SCORE_THRESHOLD
 from scrfdkit.detections import Detections, draw_detections
 from scrfdkit.detector import SCRFD
+from scrfdkit.privacy import (DEFAULT_VERIFY_MODEL, VERIFY_SCORE, report_verification,
+                              verifiers_for, verify_video)
 from scrfdkit.errors import UserError
 from scrfdkit.faces import (BLUR_SHAPES, VIDEO_BLUR_GROW, VIDEO_BLUR_SHAPE, aligned_crops,
                             anonymize_regions, grow)
@@ -120,6 +122,7 @@ def parse_args(argv: list[str] | None = None):
                            "--track-hold frames before its first detection (video files only)")
     add_detector_arguments(parser, per="frame", blur_score=VIDEO_BLUR_SCORE_THRESHOLD)
     add_tile_argument(parser, per="frame", blur=True)
+    add_verify_arguments(parser, "frame", DEFAULT_VERIFY_MODEL, VERIFY_SCORE)
     args = parser.parse_args(argv)
     if not 0 <= args.blur_grow <= 2:
         parser.error(f"--blur-grow must be between 0 and 2, got {args.blur_grow:g}")
@@ -173,11 +176,12 @@ def region_records(regions: list[Region], grown: np.ndarray, shape: str) -> list
             for r, box in zip(regions, grown)]
 
 
-def main() -> int:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.show:
         open_window()
     model_path = check_model(args.model)
+    check_verify_options(args)
     check_encoding(args.crf, args.preset)
     if args.crops is not None:
         check_output_folder(args.crops, "--crops")
@@ -353,7 +357,19 @@ def main() -> int:
         print(f"faces (JSON lines): {display(json_path)}")
     if stopped.startswith("terminated"):
         return 143
-    return 130 if stopped.startswith("interrupted") and args.video is not None else 0
+    if stopped.startswith("interrupted") and args.video is not None:
+        return 130
+    return verify(args, detector, video_path, json_path) if args.verify else 0
+
+
+def verify(args, detector: SCRFD, video_path: Path, json_path: Path) -> int:
+    """--verify: every written frame searched again; each frame with a face left, and exit 1."""
+    verifiers = verifiers_for(detector.model_path, detector.input_hw, args.verify_model,
+                              MODELS_DIR / DEFAULT_VERIFY_MODEL, args.threads)
+    records = [json.loads(line) for line in json_path.read_text().splitlines()]
+    results = ((f"{video_path}#frame{index}", left)
+               for index, left in verify_video(verifiers, video_path, records))
+    return report_verification(verifiers, results, len(records), "frame")
 
 
 def print_summary(frame_count: int, faces: int, blurred: int | None, elapsed: float,

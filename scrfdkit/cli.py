@@ -285,3 +285,27 @@ def add_detector_arguments(parser: argparse.ArgumentParser, per: str = "image",
                              " a .tflite or fixed-size ONNX model has its own size)")
     parser.add_argument("--threads", type=positive_int, default=DEFAULT_THREADS,
                         help=f"CPU threads for inference (default {DEFAULT_THREADS})")
+
+
+def add_verify_arguments(parser: argparse.ArgumentParser, per: str, default_model: str,
+                         score: float) -> None:
+    """--verify and --verify-model, which scrfd.py and video_inference_fdlm.py share."""
+    parser.add_argument("--verify", action="store_true",
+                        help=f"with --blur: look for faces again in every written {per}, with the "
+                             f"run's model and --verify-model, at score >= {score:g}; report "
+                             f"each face still detectable, per {per}, and exit 1 if there is one")
+    parser.add_argument("--verify-model", type=Path, default=None, metavar="MODEL",
+                        help="the stronger detector for --verify; a dynamic ONNX model runs at "
+                             f"each {per}'s full resolution (default: models/{default_model} "
+                             "when it exists, from `export_modified_onnx.py --download "
+                             "buffalo_m`; else the run's model checks alone)")
+
+
+def check_verify_options(args: argparse.Namespace) -> None:
+    """--verify-model needs --verify, and --verify needs --blur: refused before any work."""
+    if args.verify_model is not None and not args.verify:
+        raise UserError("--verify-model needs --verify")
+    if args.verify and not args.blur:
+        raise UserError("--verify checks what --blur hid; add --blur")
+    if args.verify and getattr(args, "webcam", None) is not None:
+        raise UserError("--verify reads the written video back: give a --video file")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -155,3 +156,51 @@ def verify_photos(verifiers: Sequence[Verifier], outputs: Sequence[Path], record
         hidden = grown_boxes(Detections([f["box"] for f in faces], [f["score"] for f in faces]),
                              image.shape)
         yield output, faces_left(verifiers, image, hidden)
+
+
+def verifiers_for(model_path: str | os.PathLike, input_hw: tuple[int, int],
+                  stronger: Path | None, default_stronger: Path, threads: int) -> list[Verifier]:
+    """--verify's detectors: the run's model at the run's size, and the stronger one (given,
+    else `default_stronger` when it exists, with a note when it does not)."""
+    verifiers = [Verifier(model_path, input_hw, threads)]
+    if stronger is None and not default_stronger.exists():
+        print(f"note: {display(default_stronger)} not found, so --verify checks with "
+              f"{display(model_path)} alone")
+    else:
+        verifiers.append(Verifier(stronger or default_stronger, threads=threads))
+    return verifiers
+
+
+def verify_video(verifiers: Sequence[Verifier], video: Path, records: Sequence[dict]
+                 ) -> Iterator[tuple[int, list[FaceLeft]]]:
+    """(frame index, faces left in it) for every frame of a finished video --blur run, decoded
+    back from the written file and paired with its JSON line's blurred regions (each region's
+    box: the ellipse's or the grown box)."""
+    from .video import VideoSource  # PyAV only for videos
+
+    with VideoSource(Path(video)) as source:
+        for index, (frame, record) in enumerate(zip(source.frames(), records)):
+            hidden = [region["box"] for region in record.get("blurred", [])]
+            yield index, faces_left(verifiers, frame.image, np.asarray(hidden).reshape(-1, 4))
+
+
+def report_verification(verifiers: Sequence[Verifier], results: Iterator[tuple[str, list]],
+                        total: int, unit: str) -> int:
+    """Print a warning line per image or frame with a face left and a summary; 1 if any."""
+    from tqdm import tqdm
+
+    checked = flagged = faces = 0
+    for name, left in tqdm(results, total=total, unit=unit, desc="verify"):
+        checked += 1
+        if left:
+            flagged, faces = flagged + 1, faces + len(left)
+            tqdm.write(f"warning: {report_line(name, left)}", file=sys.stderr)
+    names = " and ".join(verifier.name for verifier in verifiers)
+    print(f"verify: {checked} blurred {unit}(s) checked by {names} at score >= "
+          f"{VERIFY_SCORE:g}: {faces} face(s) still detectable"
+          + (f" in {flagged} {unit}(s)" if faces else ""))
+    if faces:
+        print(f"error: faces still detectable in {flagged} of {checked} blurred {unit}(s), "
+              "listed above; the outputs are written: check them, or blur again with a lower "
+              "--score or a larger model or --size", file=sys.stderr)
+    return 1 if faces else 0

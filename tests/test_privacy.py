@@ -16,6 +16,7 @@ import re
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from conftest import run_main, run_script
@@ -61,7 +62,8 @@ def det25g_onnx(models_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def blurred(det500m_onnx, det25g_onnx, samples_dir, tmp_path_factory) -> dict:
-    """scrfd.py --blur --verify on three sample photos, as a user runs it."""
+    """scrfd.py --blur --verify on three sample photos in one pass each (--no-tile), where
+    det_500m misses one face that verification must then report."""
     folder = tmp_path_factory.mktemp("privacy")
     (folder / "in").mkdir()
     for name in PHOTOS:
@@ -69,7 +71,7 @@ def blurred(det500m_onnx, det25g_onnx, samples_dir, tmp_path_factory) -> dict:
     out = folder / "out"
     proc = run_script("scrfd.py", "--model", det500m_onnx, "--size", "%d,%d" % BLUR_SIZE,
                       "--image", folder / "in", "--out", out, "--blur", "--verify",
-                      "--verify-model", det25g_onnx, "--threads", "2", check=False)
+                      "--verify-model", det25g_onnx, "--threads", "2", "--no-tile", check=False)
     records = {Path(r["path"]).name: r for r in
                map(json.loads, (out / "faces.jsonl").read_text().splitlines())}
     return {"proc": proc, "out": out, "records": records}
@@ -138,3 +140,56 @@ def test_a_weakened_blur_fails_verification(weaken, under_blur, det500m_onnx, de
     found = re.search(r"friends\.jpg: \d+ face\(s\) still detectable \((\d+) under the blur\)",
                       warning)
     assert found and int(found.group(1)) >= under_blur, warning  # and none never hidden
+
+
+def friends_clip(samples_dir: Path, path: Path, frames: int = 4) -> Path:
+    """A short H.264 clip of the demo photo, its six faces in every frame."""
+    import av
+
+    image = cv2.imread(str(samples_dir / "friends.jpg"))
+    image = image[: image.shape[0] // 2 * 2, : image.shape[1] // 2 * 2]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = image.shape[1], image.shape[0], "yuv420p"
+        for _ in range(frames):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("weaken", [False, True])
+def test_video_verify_checks_the_written_frames(weaken, det500m_onnx, det25g_onnx, samples_dir,
+                                                tmp_path, monkeypatch):
+    """video_inference_fdlm.py --blur --verify: every written frame decoded back and searched;
+    with the blur weakened in the library, the six faces come back in every frame and it exits 1."""
+    if weaken:
+        monkeypatch.setattr(faces, "BLUR_SIGMA", 0.02)
+    clip = friends_clip(samples_dir, tmp_path / "clip.mp4")
+    proc = run_main("video_inference_fdlm.py", "--model", det500m_onnx, "--size",
+                    "%d,%d" % BLUR_SIZE, "--video", clip, "--out", tmp_path / "out.mp4", "--blur",
+                    "--verify", "--verify-model", det25g_onnx, "--threads", "2")
+    assert "4 blurred frame(s) checked" in proc.stdout, proc.stdout + proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning: ")]
+    if not weaken:
+        assert proc.returncode == 0 and not warnings, proc.stderr
+        assert "0 face(s) still detectable" in proc.stdout
+    else:
+        assert proc.returncode == 1 and len(warnings) == 4, proc.stderr
+        assert all(re.search(r"#frame\d: \d+ face\(s\) still detectable \(\d+ under the blur\)",
+                             line) for line in warnings), warnings
+
+
+def test_the_default_blur_leaves_no_face_in_the_sample_photos(det500m_onnx, det25g_onnx,
+                                                               samples_dir, tmp_path):
+    """With --blur's default tiles, the face single passes miss is found and hidden too."""
+    (tmp_path / "in").mkdir()
+    for name in PHOTOS:
+        (tmp_path / "in" / name).symlink_to(samples_dir / name)
+    proc = run_main("scrfd.py", "--model", det500m_onnx, "--size", "%d,%d" % BLUR_SIZE,
+                    "--image", tmp_path / "in", "--out", tmp_path / "out", "--blur", "--verify",
+                    "--verify-model", det25g_onnx, "--threads", "2")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "3 blurred image(s) checked" in proc.stdout
+    assert "0 face(s) still detectable" in proc.stdout

@@ -43,7 +43,7 @@ from scrfdkit.errors import UserError
 from scrfdkit.files import check_output_folder, photos_to_time
 from scrfdkit.tables import markdown_table, write_csv, write_markdown
 from scrfdkit.timing import environment, interleaved_rounds, latency_summary, time_calls
-from scrfdkit.wider.dataset import add_wider_arguments
+from scrfdkit.wider.dataset import add_wider_arguments, images_list_option
 from scrfdkit.wider.evaluation import Evaluation, EvaluationSettings, evaluate_all, grid_evaluations
 
 DEFAULT_OUT = RESULTS_DIR / "compare"  # compare.md, compare.csv, compare.png
@@ -257,8 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise UserError(f"unknown detector {unknown[0]!r}; choose from all, {', '.join(PEERS)}")
     check_output_folder(args.out, "--out")
-    if args.images_list is not None and not args.images_list.is_file():
-        raise UserError(f"images list not found: {args.images_list}")
+    args.images_list = images_list_option(args.images_list)  # a pipe: read now, once
     map_tasks = None
     if args.ray is not None:
         from scrfdkit.scale import ray_jobs  # Ray only when asked for (UserError when missing)

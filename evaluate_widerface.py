@@ -42,7 +42,7 @@ from scrfdkit.metadata import family_of
 from scrfdkit.runners import fixed_input_hw
 from scrfdkit.wider.closeup import CLOSEUP_BUCKETS, closeup_protocol
 from scrfdkit.tables import markdown_table, print_markdown, write_csv, write_markdown
-from scrfdkit.wider.dataset import IMAGES_DIR, SUBSETS, add_wider_arguments
+from scrfdkit.wider.dataset import IMAGES_DIR, SUBSETS, add_wider_arguments, images_list_option
 from scrfdkit.wider.evaluation import (TASK_LOG, EvaluationSettings, evaluate, evaluate_all,
                                        grid_evaluations, run_name)
 from scrfdkit.wider.metrics import PROTOCOLS, ROUGH_IOU, add_float32_change, percent
@@ -126,7 +126,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--closeup", action="store_true",
                         help="only the close-up rough protocol: crops of the WIDER val photos "
                              "around one clear face filling "
-                             + ", ".join(f"{lo:.0%}-{hi:.0%}" for lo, hi in CLOSEUP_BUCKETS)
+                             + ", ".join(f"{lo:.0%}-{hi:.0%}" for lo, hi in CLOSEUP_BUCKETS
+                                         ).replace("%", "%%")  # argparse %-formats help texts
                              + " of the frame height; recall of --model single-pass and tiled "
                              "at --operating-score, into OUT/closeup.md and closeup.json")
     parser.add_argument("--grid", action="store_true",
@@ -156,8 +157,7 @@ def check_options(args: argparse.Namespace) -> None:
             raise UserError(f"model not found: {model}")
     if args.predictions is not None and not args.predictions.is_dir():
         raise UserError(f"predictions folder not found: {args.predictions}")
-    if args.images_list is not None and not args.images_list.is_file():
-        raise UserError(f"images list not found: {args.images_list}")
+    args.images_list = images_list_option(args.images_list)  # a pipe: read now, once
     if args.grid:
         if not args.model:
             raise UserError("--grid needs at least one --model")

@@ -35,6 +35,7 @@ on every node.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -52,14 +53,17 @@ from scrfdkit.errors import UserError
 from scrfdkit.files import (STDOUT, Output, StagedOutputs, check_output_file, check_output_folder,
                             check_outputs, find_images)
 from scrfdkit.metadata import metadata_path
-from scrfdkit.photos import (JSON_NAME, NAMING, Photo, PhotoOutputs, image_format, output_paths,
-                             planned_outputs, run_photos)
+from scrfdkit.photos import (JSON_MERGE, JSON_NAME, NAMING, Photo, PhotoOutputs, commit_photos,
+                             earlier_lines, image_format, output_paths, planned_outputs,
+                             run_photos)
 from scrfdkit.privacy import (DEFAULT_VERIFY_MODEL, VERIFY_SCORE, Verifier,
                               report_verification, verifiers_for, verify_photos)
 from scrfdkit.scale.reach import CONNECT_TIMEOUT, check_reachable
 from scrfdkit.tiles import largest_tile_face
 
 PROGRESS_FROM = 4  # a progress bar from this many images on; one line per image below it
+TILE_HINT_RATIO = 4  # a photo this many times the model's input on a side, no face in one pass:
+# the faces may be too small once shrunk into the input, and the summary suggests --tile
 STAGES = ("read", "preprocess", "inference", "postprocess", "write")
 
 
@@ -79,8 +83,8 @@ def parse_args(argv: list[str] | None = None):
                              "the input's own format, PNG where OpenCV cannot write that)")
     parser.add_argument("--json", type=Path, default=None,
                         help=f"JSON lines file: one line per image with path, size and faces "
-                             f"(default: <out>/{JSON_NAME}); - writes them to standard output "
-                             "(and the messages to standard error)")
+                             f"(default: <out>/{JSON_NAME}); {JSON_MERGE}; - writes them to "
+                             "standard output (and the messages to standard error)")
     add_face_output_arguments(parser, crop_name="<image>_face<N>.png")
     parser.add_argument("--verbose", action="store_true",
                         help="one line per image instead of a progress bar")
@@ -128,6 +132,8 @@ def detect_here(detector: SCRFD, images: list[Path], outputs: list[Path], json_p
         bar.set_postfix(faces=faces, refresh=False)
         if photo.note:
             tqdm.write(f"warning: {photo.note}", file=sys.stderr)
+        if hint := tile_hint(photo, detector):
+            tqdm.write(f"note: {hint}", file=sys.stderr)
         if photo.error:
             tqdm.write(f"warning: {photo.error}; skipped", file=sys.stderr)
             failed.append(photo.source)
@@ -146,17 +152,47 @@ def detect_here(detector: SCRFD, images: list[Path], outputs: list[Path], json_p
         if len(failed) == len(images):
             raise UserError(f"none of the {len(images)} image(s) could be read")
         if str(json_path) != STDOUT:
-            staged.write_text(json_path, "".join(lines))
-        staged.commit()
+            commit_photos(staged, json_path, lines)  # merged into the file's earlier lines
+        else:
+            staged.commit()
     if str(json_path) == STDOUT:
         sys.stdout.write("".join(lines))
         sys.stdout.flush()
     return failed, faces, time.perf_counter() - started, totals
 
 
+def tile_hint(photo: Photo, detector: SCRFD) -> str | None:
+    """A photo far larger than the model's input where one pass found no face: say --tile."""
+    if photo.error or photo.faces or detector.tile or photo.size is None:
+        return None
+    (height, width), (input_h, input_w) = photo.size, detector.input_hw
+    if max(height / input_h, width / input_w) <= TILE_HINT_RATIO:
+        return None
+    return (f"{display(photo.source)}: no face found in one pass of this {width}x{height} photo, "
+            f"more than {TILE_HINT_RATIO}x the model's {input_w}x{input_h} input on a side, "
+            "where faces shrink with it; --tile also looks at it at its own resolution")
+
+
+def refuse_output_folders_as_inputs(args) -> None:
+    """An --image folder inside --out or --crops is never searched (results are not read
+    back as photos): say so, rather than 'no images found'."""
+    for option, folder in (("--out", args.out), ("--crops", args.crops)):
+        for pattern in args.image:
+            path = Path(pattern)
+            if folder is None or "://" in str(pattern) or not path.is_dir():
+                continue
+            given, output = Path(os.path.abspath(path)), Path(os.path.abspath(folder))
+            if given.is_relative_to(output):
+                where = "is" if given == output else "is inside"
+                raise UserError(f"--image {pattern} {where} the output folder {option} "
+                                f"{folder}, which is never searched for photos (its results "
+                                f"would be read back as inputs); give {option} another folder")
+
+
 def find_inputs(args, skipped: list[str]) -> tuple[list, list[Path]]:
     """The photos, and the paths that name their outputs (a URI's host and path, with --ray);
     what folder scans passed over (broken links...) is warned about and added to `skipped`."""
+    refuse_output_folders_as_inputs(args)
     exclude = [args.out] + ([args.crops] if args.crops else [])
     if args.ray is not None:
         from scrfdkit.scale import ray_jobs as distributed  # Ray only when asked for
@@ -187,12 +223,17 @@ def check_run_outputs(args, images: list, outputs: list[Path], settings: PhotoOu
     if str(json_path) != STDOUT:
         planned.append(Output("--json", json_path))
     check_outputs(planned, [*images, model_path, metadata_path(model_path)])
+    if str(json_path) != STDOUT:
+        earlier_lines(json_path)  # a file that is not JSON lines of ours: refused now
     return json_path
 
 
-def verify(verifiers: list[Verifier], outputs: list[Path], json_path: Path) -> int:
-    """--verify after the run: each image with a face still detectable, and 1 if there is one."""
-    records = [json.loads(line) for line in json_path.read_text().splitlines()]
+def verify(verifiers: list[Verifier], images: list, outputs: list[Path], json_path: Path) -> int:
+    """--verify after the run: each image with a face still detectable, and 1 if there is one.
+    The photos' lines are read back from the file, which may hold other runs' lines too."""
+    by_path = {record["path"]: record for record in
+               map(json.loads, filter(str.strip, json_path.read_text().splitlines()))}
+    records = [by_path[str(image)] for image in images]
     return report_verification(verifiers, verify_photos(verifiers, outputs, records),
                                len(records), "image")
 
@@ -262,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
               file=report)
     where = "standard output" if str(json_path) == STDOUT else display(json_path)
     print(f"faces (JSON lines): {where}", file=report)
-    return verify(verifiers, outputs, json_path) if verifiers else 0
+    return verify(verifiers, images, outputs, json_path) if verifiers else 0
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ from typing import Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from .errors import UserError
-from .images import opencv_quiet, read_image, to_bgr8, unsupported_format  # noqa: F401 (kept here)
+from .images import (opencv_quiet, read_image, to_bgr8, unsupported_format,  # noqa: F401 (kept here)
+                     with_article)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".webp", ".tif",
                   ".tiff", ".jp2", ".pbm", ".pgm", ".ppm", ".pnm", ".pfm", ".sr", ".ras", ".hdr",
@@ -128,7 +129,7 @@ def scan_folder(folder: Path, wanted, warn) -> list[Path]:
             elif path.suffix.lower() in IMAGE_SUFFIXES and entry.is_file() and wanted(path):
                 found.append(path)
             elif path.suffix.lower() in UNREADABLE_SUFFIXES and wanted(path):
-                warn(f"{path} is a {UNREADABLE_SUFFIXES[path.suffix.lower()]} file, which "
+                warn(f"{path} is {with_article(UNREADABLE_SUFFIXES[path.suffix.lower()])} file, which "
                      "OpenCV cannot read; skipped (convert it to JPEG or PNG)")
 
     walk(folder, ())

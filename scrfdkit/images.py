@@ -19,6 +19,17 @@ UNSUPPORTED_SIGNATURES = {  # formats OpenCV cannot decode: named instead of cal
     b"<svg": "SVG", b"<?xml": "SVG/XML",
 }
 ISO_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"mif1": "HEIF", b"avif": "AVIF"}  # at offset 8
+VOWEL_SOUND_LETTERS = set("AEFHILMNORSX")  # letters whose spoken names start with a vowel
+READ_AS_WORDS = {"HEIC", "HEIF"}  # names said as words ("heek"), not letter by letter
+
+
+def with_article(name: str) -> str:
+    """'an AVIF', 'a GIF', 'an SVG', 'a HEIC': a format's name with the article it takes as
+    it is said (an initialism letter by letter)."""
+    first = name.split()[0]
+    spelled = first.isupper() and first not in READ_AS_WORDS
+    vowel = name[0] in "AEIOU" or (spelled and name[0] in VOWEL_SOUND_LETTERS)
+    return f"{'an' if vowel else 'a'} {name}"
 
 
 @contextlib.contextmanager
@@ -70,7 +81,7 @@ def read_image(path: str | os.PathLike, notes: list[str] | None = None) -> np.nd
     if image is None:
         name = unsupported_format(data)
         if name:
-            raise UserError(f"{path} is a {name} file, not a supported image format; convert it "
+            raise UserError(f"{path} is {with_article(name)} file, not a supported image format; convert it "
                             "to JPEG or PNG")
         raise UserError(f"cannot decode image {path} (corrupt or not an image)")
     pages = frame_count(data)

@@ -22,6 +22,7 @@ from .errors import UserError
 from .faces import ARCFACE_SIZE, aligned_crops, anonymize
 from .detector import ModelOutputError
 from .files import Output, StagedOutputs, check_name_length, display, read_image
+from .locks import folder_lock
 from .pipeline import WriteBehind, read_ahead
 
 JSON_NAME = "faces.jsonl"
@@ -121,6 +122,59 @@ def json_line(record: dict) -> str:
     return json.dumps(record) + "\n"
 
 
+JSON_MERGE = ("a file that exists is merged into, never replaced: its lines for photos this "
+              "run does not process are kept, each photo it does gets this run's line in place "
+              "of an earlier one (one it cannot read keeps an earlier good line), and runs at "
+              "once into one file keep every line of each")  # one home: scrfd.py's --help
+
+
+def earlier_lines(path: Path) -> dict[str, str]:
+    """The JSON lines a file already holds, by photo path (none when it does not exist);
+    UserError when it holds anything else, which merging would have to drop."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"--json {display(path)}: cannot read its earlier lines to keep them "
+                        f"({getattr(err, 'strerror', None) or err})") from None
+    lines: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("path"), str):
+            raise UserError(f"--json {display(path)}: line {number} is not a JSON line of "
+                            "scrfd.py (an object with a path); new lines are merged into an "
+                            "existing file, so give --json a new file or one scrfd.py wrote")
+        lines[record["path"]] = line + "\n"
+    return lines
+
+
+def merged_lines(path: Path, lines: Iterable[str]) -> str:
+    """The file's earlier lines with this run's merged in, as JSON_MERGE says."""
+    merged = earlier_lines(path)
+    for line in lines:
+        record = json.loads(line)
+        earlier = merged.get(record["path"])
+        if "error" in record and earlier is not None and "error" not in json.loads(earlier):
+            continue  # its earlier result is still in place: its line stays with it
+        merged[record["path"]] = line
+    return "".join(merged.values())
+
+
+def commit_photos(staged: StagedOutputs, json_path: Path, lines: Iterable[str]) -> None:
+    """Rename a run's files into place, its JSON lines merged into json_path's. Under an
+    exclusive lock on the file's folder, re-reading the file there: a run finishing at the
+    same moment waits, then merges into what the other wrote."""
+    with folder_lock(json_path.parent):
+        staged.write_text(json_path, merged_lines(json_path, lines))
+        staged.commit()
+
+
 def error_line(path: str | Path, message: str) -> str:
     """The JSON line of a photo that could not be used."""
     return json_line({"path": str(path), "error": message})
@@ -165,6 +219,7 @@ class Photo:
     prepared: tuple | None = None
     error: str | None = None  # why it was skipped (unreadable, or its result unwritable)
     note: str | None = None  # what the user should know though it was used (first frame only)
+    size: tuple[int, int] | None = None  # height, width as read
     faces: int = 0
     passes: int = 0  # model passes (more than one when tiled)
     line: str = ""  # its JSON line
@@ -191,6 +246,7 @@ def run_photos(detector, sources: Iterable, outputs: Iterable[Path], settings: P
         photo.note = "; ".join(notes) or None
         photo.seconds["read"] = time.perf_counter() - started
         if photo.image is not None:
+            photo.size = photo.image.shape[:2]
             started = time.perf_counter()
             photo.prepared = detector.prepare(photo.image)
             photo.seconds["preprocess"] = time.perf_counter() - started

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from ..detector import SCRFD
 from ..errors import UserError, one_line
 from ..files import IMAGE_SUFFIXES, StagedOutputs, display, find_images, read_image
-from ..photos import Photo, PhotoOutputs, run_photos
+from ..photos import Photo, PhotoOutputs, commit_photos, run_photos
 from .reach import check_reachable
 
 try:
@@ -370,8 +370,7 @@ def detect_on_ray(sources: Sequence[str], outputs: Sequence[Path], json_path: Pa
             collect(results, run, staging, verbose)
             if len(run.failed_at) == len(sources):
                 raise UserError(f"none of the {len(sources)} image(s) could be read")
-            staging.path(json_path).write_text("".join(run.lines))
-            staging.commit()
+            commit_photos(staging, json_path, run.lines)
         run.elapsed = time.time() - run.started
         print(f"ray: actors at work after {run.working[0] - run.started:.1f} s (start-up, one "
               f"model load each), then {run.working_rate():.1f} images/s")

@@ -7,9 +7,13 @@ speed_test.py read them back to put accuracy beside speed.
 """
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
+import os
 import shutil
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -161,8 +165,7 @@ def select_images(gt: GroundTruth, images_list: Path | None, need_files: bool,
                         "its plots would be read back as photos: choose another folder")
     paths: dict[str, Path] = {}
     if images_list:
-        if not images_list.is_file():
-            raise UserError(f"images list not found: {images_list}")
+        images_list = images_list_option(images_list)
         try:
             listing = images_list.read_text().splitlines()
         except (OSError, UnicodeDecodeError) as err:
@@ -194,6 +197,33 @@ def select_images(gt: GroundTruth, images_list: Path | None, need_files: bool,
             raise UserError(f"{len(absent)} listed images do not exist (first: {absent[0]})")
     keys = [key for key in gt.boxes if key in paths]
     return keys, paths
+
+
+def images_list_option(path: Path | None) -> Path | None:
+    """--images-list, checked before any work: any readable file, pipes (<(...), /dev/stdin)
+    included. A pipe can be read only once, so what it gave is kept in a temporary file for
+    the rest of the run (every evaluation of a grid reads the list again)."""
+    if path is None or path.is_file():
+        return path
+    if not path.exists():
+        raise UserError(f"images list not found: {path}")
+    if path.is_dir():
+        raise UserError(f"--images-list {path} is a folder; give a file with one "
+                        "<event>/<image>.jpg a line")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"cannot read images list {path}: {err.strerror or err}") from None
+    fd, copy = tempfile.mkstemp(prefix="images-list-", suffix=".txt")
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    atexit.register(remove_quietly, copy)
+    return Path(copy)
+
+
+def remove_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 def write_images_list(path: Path, keys: list[str], paths: dict[str, Path]) -> None:

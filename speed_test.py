@@ -13,11 +13,11 @@ grows by, and for TFLite which ops XNNPACK takes and which fall back to builtin 
 
     python speed_test.py                                   # det_500m 640x640, float32+int8, both backends, 1 and 2 threads
     python speed_test.py --analyze models/det_500m_480x640.onnx
-    python speed_test.py --grid --markdown docs/speed.md   # the README table: every exported model in models/
+    python speed_test.py --grid --markdown docs/speed.md --replace  # the README table: every exported model in models/
     python speed_test.py --models models/scrfd500m_640x640_float32.tflite --threads 1 --repeat 3 --json r.json
     python speed_test.py --backends onnxruntime,onnxruntime-cuda --threads 1   # on a machine with an NVIDIA GPU
     python speed_test.py --profile-ops models/scrfd500m_640x640_float32.tflite models/scrfd500m_640x640_int8.tflite
-    python speed_test.py --tile --threads 1 --markdown docs/tiles.md   # ms per photo, one pass vs tiled
+    python speed_test.py --tile --threads 1 --markdown docs/tiles.md --replace  # ms per photo, one pass vs tiled
 
 Whole detectors against other face detectors: compare_detectors.py.
 """
@@ -56,6 +56,10 @@ DEFAULT_JSON = RESULTS_DIR / "speed_test.json"
 DEFAULT_EVAL = "results/**/results.json"
 DEFAULT_PLOT = RESULTS_DIR / "speed_accuracy.png"
 TILE_MODELS = ("scrfd500m_480x640_float32.tflite", "scrfd500m_480x640_int8.tflite")  # --tile's
+
+
+KEPT = ("a table holds one run's measurements, so it is never merged with another's (rows "
+        "timed under another load do not compare) nor replaced without --replace")
 
 
 def thread_list(text: str) -> list[int]:
@@ -128,6 +132,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-results", default=DEFAULT_EVAL,
                         help="evaluate_widerface.py results.json files (glob or folder) for the "
                              f"speed-accuracy plot (default {DEFAULT_EVAL})")
+    parser.add_argument("--replace", action="store_true",
+                        help=f"let --json, --csv and --markdown replace files that exist: {KEPT}")
     parser.add_argument("--plot", type=Path, default=DEFAULT_PLOT,
                         help="speed-accuracy plot, written when evaluation results match timed "
                              "models (default results/speed_accuracy.png)")
@@ -154,6 +160,9 @@ def check_inputs(args: argparse.Namespace) -> Path | None:
     for option, path in outputs.items():
         if path is not None:
             check_output_file(path, option)
+            if option != "--plot" and path.exists() and not args.replace:
+                raise UserError(f"{option} {path} exists: {KEPT}; give {option} a new file, or "
+                                "--replace to replace it")
     check_outputs(outputs, inputs)
     return image
 

@@ -12,9 +12,8 @@ import traceback
 from pathlib import Path
 from typing import Callable, NoReturn
 
-from .defaults import (BLUR_SCORE_THRESHOLD, DEFAULT_THREADS, MAX_INPUT_SIDE, NMS_THRESHOLD,
-                       TILE_FACE,
-                       SCORE_THRESHOLD)
+from .defaults import (BLUR_SCORE_THRESHOLD, DEFAULT_THREADS, MAX_INPUT_SIDE,
+                       NEVER_HIDDEN_SCORE, NMS_THRESHOLD, SCORE_THRESHOLD, TILE_FACE)
 from .errors import Terminated, UserError, one_line
 from .files import display
 
@@ -292,8 +291,11 @@ def add_verify_arguments(parser: argparse.ArgumentParser, per: str, default_mode
     """--verify and --verify-model, which scrfd.py and video_inference_fdlm.py share."""
     parser.add_argument("--verify", action="store_true",
                         help=f"with --blur: look for faces again in every written {per}, with the "
-                             f"run's model and --verify-model, at score >= {score:g}; report "
-                             f"each face still detectable, per {per}, and exit 1 if there is one")
+                             f"run's model and --verify-model; report each face still "
+                             f"detectable, per {per}, and exit 1 if there is one: under a blur "
+                             f"from score {score:g}, where nothing was blurred (a face the run "
+                             f"missed) from {NEVER_HIDDEN_SCORE:g}, as hands and faces a few "
+                             "pixels tall are found there at lower scores")
     parser.add_argument("--verify-model", type=Path, default=None, metavar="MODEL",
                         help="the stronger detector for --verify; a dynamic ONNX model runs at "
                              f"each {per}'s full resolution (default: models/{default_model} "

@@ -19,14 +19,17 @@ except ImportError:  # Windows: no flock; runs at once into one folder are then 
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike, busy: str | None = None) -> Iterator[None]:
-    """Hold an exclusive lock on `folder` (created when missing) for the `with` block.
+def folder_lock(folder: str | os.PathLike, busy: str | None = None, create: bool = True
+                ) -> Iterator[None]:
+    """Hold an exclusive lock on `folder` for the `with` block (create False: none when the
+    folder does not exist, where there is nothing to guard; else it is created).
 
     busy None: wait for another holder to finish (a short merge-and-replace). Else refuse at
     once with UserError(busy) while another process holds it (a long run)."""
     path = Path(folder)
-    path.mkdir(parents=True, exist_ok=True)
-    if fcntl is None:
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+    if fcntl is None or not path.is_dir():
         yield
         return
     descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))

@@ -240,3 +240,61 @@ def test_format_names_take_the_article_they_are_read_with(tmp_path):
     assert "in/x.avif is an AVIF file, which OpenCV cannot read" in run.stderr
     assert "y.jpg is an AVIF file, not a supported image format" in run.stderr
     assert " a AVIF" not in run.stderr
+
+
+# ----------------------------------------------------------------------------- other results
+def small_wider(tmp_path: Path) -> Path:
+    """The hand-made WIDER root of test_evaluate.py with its two images made real photos."""
+    from test_evaluate import HAND, make_wider
+
+    root = make_wider(tmp_path / "wider", {k: v for k, v in HAND.items() if "Parade" in k})
+    for name in ("0_Parade_a", "0_Parade_b"):
+        photo(root / "WIDER_val" / "images" / "0--Parade" / f"{name}.jpg")
+    return root
+
+
+def digests(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_an_evaluation_of_another_detector_never_replaces_one_in_its_out(tmp_path):
+    root = small_wider(tmp_path)
+    common = ("--wider", root, "--size", SIZE, "--threads", "1", "--out", tmp_path / "out")
+    first = run_main("evaluate_widerface.py", "--model", MODELS / "det_500m.onnx", *common)
+    assert first.returncode == 0, first.stderr
+    before = digests(tmp_path / "out")
+    assert "results.json" in before and any(k.startswith("predictions/") for k in before)
+    other = run_main("evaluate_widerface.py", "--model", MODELS / "det_2.5g.onnx", *common)
+    assert other.returncode == 2
+    assert other.stderr == (f"error: --out {tmp_path / 'out'} holds the evaluation of "
+                            "det_500m.onnx, which this run's of det_2.5g.onnx would replace: "
+                            "give another --out (an evaluation folder belongs to one "
+                            "detector)\n")
+    assert digests(tmp_path / "out") == before
+    lock = os.open(tmp_path / "out", os.O_RDONLY)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # as an evaluation running now into it holds it
+    try:
+        busy = run_main("evaluate_widerface.py", "--model", MODELS / "det_500m.onnx", *common)
+    finally:
+        os.close(lock)
+    assert busy.returncode == 2 and "is in use by another evaluation running now" in busy.stderr
+    assert digests(tmp_path / "out") == before
+    again = run_main("evaluate_widerface.py", "--model", MODELS / "det_500m.onnx", *common)
+    assert again.returncode == 0 and "reused 2 prediction files" in again.stdout, again.stderr
+
+
+def test_a_speed_table_that_exists_is_kept_unless_replace_is_given(tflite_float32, tmp_path):
+    table = tmp_path / "ops.md"
+    table.write_text("an earlier run's table\n")
+    args = ("--profile-ops", tflite_float32, "--threads", "1", "--repeat", "1", "--iters", "1")
+    for option in ("--markdown", "--csv", "--json"):
+        run = run_main("speed_test.py", *args, option, table)
+        assert run.returncode == 2, run.stderr
+        assert run.stderr.startswith(f"error: {option} {table} exists: a table holds one run's "
+                                     "measurements") and "--replace to replace it" in run.stderr
+        assert table.read_text() == "an earlier run's table\n"
+    run = run_main("speed_test.py", *args, "--markdown", table, "--replace")
+    assert run.returncode == 0, run.stderr
+    assert "CONV_2D" in table.read_text()
+    assert "never merged" in help_text("speed_test.py")

@@ -31,7 +31,7 @@ PHOTO_SCORE = 0.5  # the photo default: a face an ordinary run of scrfd.py repor
 PHOTOS = ("friends.jpg", "multiface.jpg", "fans_crowd.jpg")
 # fans_crowd.jpg has a face cut by the top edge at about (991, -19, 1042, 39) that det_500m at
 # 480x640 misses at every score over 0.4 and det_2.5g at full resolution finds (0.55): the one
-# face a correct blur leaves, never hidden, and what --verify must report.
+# face a correct blur leaves, never hidden, and too weak a find for --verify to count (< 0.7).
 MISSED_FACE = ("fans_crowd.jpg", (991, -19, 1042, 39))
 
 
@@ -98,18 +98,33 @@ def test_no_detector_finds_a_face_where_one_was_hidden(blurred, det500m_onnx, de
     np.testing.assert_allclose(left_unhidden[0][1], MISSED_FACE[1], atol=3)
 
 
-def test_verify_reports_the_face_left_and_exits_1(blurred):
+def test_verify_counts_a_weak_find_where_nothing_was_blurred_and_passes(blurred):
+    """The face cut by the edge of fans_crowd.jpg (det_2.5g: 0.55) is evidence too weak for a
+    face left where nothing was blurred: counted in the summary, not an alarm."""
     proc = blurred["proc"]
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     assert ("verify: 3 blurred image(s) checked by det_500m.onnx at 480x640 and det_2.5g.onnx "
-            "at full resolution at score >= 0.5: 1 face(s) still detectable in 1 image(s)"
+            "at full resolution at score >= 0.5 (where nothing was blurred >= 0.7): 0 face(s) "
+            "still detectable; 1 weaker find(s) where nothing was blurred, not counted"
             ) in proc.stdout, proc.stdout
-    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning: ")]
-    assert len(warnings) == 1 and MISSED_FACE[0] in warnings[0], proc.stderr
-    assert "1 never hidden" in warnings[0] and "det_2.5g.onnx at full resolution" in warnings[0]
-    assert proc.stderr.rstrip().splitlines()[-1].startswith("error: faces still detectable in "
-                                                            "1 of 3 blurred image(s)")
+    assert "warning: " not in proc.stderr and "error: " not in proc.stderr
     assert sorted(p.name for p in blurred["out"].iterdir()) == sorted([*PHOTOS, "faces.jsonl"])
+
+
+def test_verify_reports_faces_the_run_left_unblurred_and_exits_1(det500m_onnx, det25g_onnx,
+                                                                samples_dir, tmp_path):
+    """--max-faces 2 blurs two of the six faces of friends.jpg: the four others are clear
+    faces never hidden, each reported."""
+    proc = run_main("scrfd.py", "--model", det500m_onnx, "--size", "%d,%d" % BLUR_SIZE,
+                    "--image", samples_dir / "friends.jpg", "--out", tmp_path, "--blur",
+                    "--max-faces", "2", "--verify", "--verify-model", det25g_onnx,
+                    "--threads", "2")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    [warning] = [line for line in proc.stderr.splitlines() if line.startswith("warning: ")]
+    assert "friends.jpg: 4 face(s) still detectable (4 never hidden)" in warning, warning
+    assert "det_500m.onnx at 480x640 and det_2.5g.onnx at full resolution" in warning
+    assert proc.stderr.rstrip().splitlines()[-1].startswith("error: faces still detectable in "
+                                                            "1 of 1 blurred image(s)")
 
 
 @pytest.mark.parametrize("mode", ["gaussian", "pixelate"])
@@ -183,13 +198,51 @@ def test_video_verify_checks_the_written_frames(weaken, det500m_onnx, det25g_onn
 
 def test_the_default_blur_leaves_no_face_in_the_sample_photos(det500m_onnx, det25g_onnx,
                                                                samples_dir, tmp_path):
-    """With --blur's default tiles, the face single passes miss is found and hidden too."""
+    """With --blur's default tiles, the face single passes miss is found and hidden too; the
+    6-8 px faces of crowd_selfie.jpg that det_2.5g alone finds (0.50-0.56) are no alarm."""
     (tmp_path / "in").mkdir()
-    for name in PHOTOS:
+    for name in (*PHOTOS, "crowd_selfie.jpg"):
         (tmp_path / "in" / name).symlink_to(samples_dir / name)
     proc = run_main("scrfd.py", "--model", det500m_onnx, "--size", "%d,%d" % BLUR_SIZE,
                     "--image", tmp_path / "in", "--out", tmp_path / "out", "--blur", "--verify",
                     "--verify-model", det25g_onnx, "--threads", "2")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "3 blurred image(s) checked" in proc.stdout
+    assert "4 blurred image(s) checked" in proc.stdout
     assert "0 face(s) still detectable" in proc.stdout
+
+
+HAND_FRAMES = (174, 192)  # hamilton_360p.mp4: an open hand, never blurred, that det_2.5g
+# scores 0.60 and 0.61 in frames 180 and 186, where --verify cried wolf (issue 27)
+
+
+def hands_clip(samples_dir: Path, path: Path) -> Path:
+    """Frames 174-191 of hamilton_360p.mp4, re-encoded nearly losslessly."""
+    import av
+
+    with av.open(str(samples_dir / "hamilton_360p.mp4")) as source, \
+            av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30, options={"crf": "8"})
+        stream.width, stream.height, stream.pix_fmt = 640, 360, "yuv420p"
+        for index, frame in enumerate(source.decode(video=0)):
+            if index >= HAND_FRAMES[1]:
+                break
+            if index >= HAND_FRAMES[0]:
+                image = frame.to_ndarray(format="bgr24")
+                for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
+                    container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def test_video_verify_raises_no_alarm_for_an_open_hand(det500m_onnx, det25g_onnx, samples_dir,
+                                                       tmp_path):
+    clip = hands_clip(samples_dir, tmp_path / "hands.mp4")
+    proc = run_main("video_inference_fdlm.py", "--model", det500m_onnx, "--size",
+                    "%d,%d" % BLUR_SIZE, "--video", clip, "--out", tmp_path / "out.mp4", "--blur",
+                    "--verify", "--verify-model", det25g_onnx, "--threads", "2")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "18 blurred frame(s) checked" in proc.stdout and "0 face(s) still detectable" in \
+        proc.stdout
+    found = re.search(r"; (\d+) weaker find\(s\) where nothing was blurred", proc.stdout)
+    assert found and int(found.group(1)) >= 2, proc.stdout  # the hands were seen, not counted

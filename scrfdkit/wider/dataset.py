@@ -352,6 +352,10 @@ def prepare_prediction_folder(out: Path, settings: dict, model_path: Path) -> li
     except (OSError, ValueError) as err:
         raise UserError(f"cannot read {settings_path}: {err}; delete it and {pred_dir}, or "
                         "choose another --out") from None
+    if old.get("detector") not in (None, settings["detector"]):
+        raise UserError(f"--out {out} holds the evaluation of {old['detector']}, which this "
+                        f"run's of {settings['detector']} would replace: give another --out "
+                        "(an evaluation folder belongs to one detector)")
     changed = []
     if {k: old.get(k) for k in settings} != settings and pred_dir.is_dir():
         changed = [k for k in settings if old.get(k) != settings[k]]

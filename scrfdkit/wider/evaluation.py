@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..ap_results import read_results, write_results
+from ..locks import folder_lock
 from ..defaults import EVAL_NMS_THRESHOLD, EVAL_SCORE_THRESHOLD, SCORE_THRESHOLD, TILE_FACE
 from ..detector import SCRFD
 from ..errors import UserError
@@ -156,7 +157,16 @@ def evaluate(settings: EvaluationSettings, model: Path | str | None,
     """Predict (or take existing predictions), score them, write results.json and report.md.
 
     model None: score settings.predictions, or with neither, the finished run in OUT again.
+    One evaluation at a time in OUT: a second one at once is refused (a lock on the folder).
     """
+    with folder_lock(out, busy=f"--out {out} is in use by another evaluation running now; "
+                               "wait for it to end, or give another --out",
+                     create=model is not None or settings.predictions is not None):
+        return evaluate_here(settings, model, size, out)
+
+
+def evaluate_here(settings: EvaluationSettings, model: Path | str | None,
+                  size: tuple[int, int] | None, out: Path) -> dict:
     previous = read_results(out) if model is None and settings.predictions is None else {}
     earlier = previous.get("settings", {})
     wider = settings.wider or (Path(earlier["wider"]) if "wider" in earlier else None)

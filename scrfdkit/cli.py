@@ -292,10 +292,10 @@ def add_verify_arguments(parser: argparse.ArgumentParser, per: str, default_mode
     parser.add_argument("--verify", action="store_true",
                         help=f"with --blur: look for faces again in every written {per}, with the "
                              f"run's model and --verify-model; report each face still "
-                             f"detectable, per {per}, and exit 1 if there is one: under a blur "
-                             f"from score {score:g}, where nothing was blurred (a face the run "
-                             f"missed) from {NEVER_HIDDEN_SCORE:g}, as hands and faces a few "
-                             "pixels tall are found there at lower scores")
+                             f"detectable, per {per}, and exit 1 if there is one: a blurred face "
+                             f"found again at its place from score {score:g}, any other find (a "
+                             f"face the run missed) from {NEVER_HIDDEN_SCORE:g}, as hands, hair "
+                             "and faces a few pixels tall are found at lower scores")
     parser.add_argument("--verify-model", type=Path, default=None, metavar="MODEL",
                         help="the stronger detector for --verify; a dynamic ONNX model runs at "
                              f"each {per}'s full resolution (default: models/{default_model} "

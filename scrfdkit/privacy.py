@@ -212,9 +212,9 @@ def report_verification(verifiers: Sequence[Verifier], results: Iterator[tuple[s
             tqdm.write(f"warning: {report_line(name, left)}", file=sys.stderr)
     names = " and ".join(verifier.name for verifier in verifiers)
     print(f"verify: {checked} blurred {unit}(s) checked by {names} at score >= "
-          f"{VERIFY_SCORE:g} (where nothing was blurred >= {NEVER_HIDDEN_SCORE:g}): {faces} "
+          f"{VERIFY_SCORE:g} under a blur, >= {NEVER_HIDDEN_SCORE:g} elsewhere: {faces} "
           "face(s) still detectable" + (f" in {flagged} {unit}(s)" if faces else "")
-          + (f"; {weak} weaker find(s) where nothing was blurred, not counted" if weak else ""))
+          + (f"; {weak} weaker find(s) elsewhere, not counted" if weak else ""))
     if faces:
         print(f"error: faces still detectable in {flagged} of {checked} blurred {unit}(s), "
               "listed above; the outputs are written: check them, or blur again with a lower "

@@ -104,8 +104,8 @@ def test_verify_counts_a_weak_find_where_nothing_was_blurred_and_passes(blurred)
     proc = blurred["proc"]
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     assert ("verify: 3 blurred image(s) checked by det_500m.onnx at 480x640 and det_2.5g.onnx "
-            "at full resolution at score >= 0.5 (where nothing was blurred >= 0.7): 0 face(s) "
-            "still detectable; 1 weaker find(s) where nothing was blurred, not counted"
+            "at full resolution at score >= 0.5 under a blur, >= 0.7 elsewhere: 0 face(s) "
+            "still detectable; 1 weaker find(s) elsewhere, not counted"
             ) in proc.stdout, proc.stdout
     assert "warning: " not in proc.stderr and "error: " not in proc.stderr
     assert sorted(p.name for p in blurred["out"].iterdir()) == sorted([*PHOTOS, "faces.jsonl"])
@@ -244,5 +244,5 @@ def test_video_verify_raises_no_alarm_for_an_open_hand(det500m_onnx, det25g_onnx
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "18 blurred frame(s) checked" in proc.stdout and "0 face(s) still detectable" in \
         proc.stdout
-    found = re.search(r"; (\d+) weaker find\(s\) where nothing was blurred", proc.stdout)
+    found = re.search(r"; (\d+) weaker find\(s\) elsewhere, not counted", proc.stdout)
     assert found and int(found.group(1)) >= 2, proc.stdout  # the hands were seen, not counted

@@ -152,7 +152,7 @@ def detect_here(detector: SCRFD, images: list[Path], outputs: list[Path], json_p
         if len(failed) == len(images):
             raise UserError(f"none of the {len(images)} image(s) could be read")
         if str(json_path) != STDOUT:
-            commit_photos(staged, json_path, lines)  # merged into the file's earlier lines
+            commit_photos(staged, json_path, lines, settings.crops)  # merged with earlier lines
         else:
             staged.commit()
     if str(json_path) == STDOUT:

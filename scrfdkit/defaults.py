@@ -14,8 +14,8 @@ BLUR_SCORE_THRESHOLD = 0.4  # anonymising: +8 points recall on 16 px faces for 0
 VIDEO_BLUR_SCORE_THRESHOLD = 0.3
 # --verify: a face found again under a blur counts from the photo default; one found where
 # nothing was blurred only from this higher score, as a face the anonymiser missed must be a
-# clear one: on the sample photos and videos such finds scored at most 0.61 (open hands, faces
-# cut by the frame's edge, 6-8 px faces, a motion-blurred frame; docs/faces.md)
+# clear one: on the sample photos and videos such finds scored at most 0.61 (an open hand, a
+# coat of arms, hair, 6-8 px faces, a face cut by the frame's edge; docs/faces.md)
 NEVER_HIDDEN_SCORE = 0.7
 NMS_THRESHOLD = 0.4  # InsightFace's default IoU for merging duplicate boxes
 EVAL_SCORE_THRESHOLD = 0.02  # SCRFD paper's WIDER FACE protocol: keep nearly every candidate,

@@ -6,13 +6,15 @@ same JSON line for every photo.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -154,25 +156,46 @@ def earlier_lines(path: Path) -> dict[str, str]:
     return lines
 
 
-def merged_lines(path: Path, lines: Iterable[str]) -> str:
-    """The file's earlier lines with this run's merged in, as JSON_MERGE says."""
-    merged = earlier_lines(path)
+def merged_lines(path: Path, lines: Iterable[str]) -> tuple[str, list[dict]]:
+    """The file's earlier lines with this run's merged in, as JSON_MERGE says, and the
+    earlier records this run's replaced."""
+    merged, replaced = earlier_lines(path), []
     for line in lines:
         record = json.loads(line)
         earlier = merged.get(record["path"])
-        if "error" in record and earlier is not None and "error" not in json.loads(earlier):
-            continue  # its earlier result is still in place: its line stays with it
+        if earlier is not None:
+            earlier_record = json.loads(earlier)
+            if "error" in record and "error" not in earlier_record:
+                continue  # its earlier result is still in place: its line stays with it
+            replaced.append(earlier_record)
         merged[record["path"]] = line
-    return "".join(merged.values())
+    return "".join(merged.values()), replaced
 
 
-def commit_photos(staged: StagedOutputs, json_path: Path, lines: Iterable[str]) -> None:
+def crop_files(records: Iterable[dict]) -> set[str]:
+    return {os.path.abspath(face["crop"]) for record in records
+            for face in record.get("faces", []) if isinstance(face.get("crop"), str)}
+
+
+def commit_photos(staged: StagedOutputs, json_path: Path, lines: Sequence[str],
+                  crops: Path | None = None) -> None:
     """Rename a run's files into place, its JSON lines merged into json_path's. Under an
     exclusive lock on the file's folder, re-reading the file there: a run finishing at the
-    same moment waits, then merges into what the other wrote."""
+    same moment waits, then merges into what the other wrote. A photo done again keeps no
+    crop of its earlier result in `crops` that its new line does not name (p_face5.png of six
+    faces, when five are found now)."""
     with folder_lock(json_path.parent):
-        staged.write_text(json_path, merged_lines(json_path, lines))
+        text, replaced = merged_lines(json_path, lines)
+        staged.write_text(json_path, text)
         staged.commit()
+        if crops is None:
+            return
+        kept = crop_files(map(json.loads, text.splitlines()))
+        folder = Path(os.path.abspath(crops))
+        for stale in crop_files(replaced) - kept:
+            if Path(stale).is_relative_to(folder) and re.search(r"_face\d+\.png$", stale):
+                with contextlib.suppress(OSError):
+                    os.unlink(stale)
 
 
 def error_line(path: str | Path, message: str) -> str:

@@ -92,6 +92,25 @@ def test_a_photo_unreadable_in_a_rerun_keeps_its_earlier_good_line(tmp_path):
     assert len(kept["a/p1.jpg"]["faces"]) == 1
 
 
+def test_a_photo_done_again_keeps_only_the_crops_its_new_line_names(tmp_path):
+    photo(tmp_path / "a" / "p.jpg")
+    photo(tmp_path / "b" / "q.jpg", flip=1)
+    for folder in ("a", "b"):
+        run = scrfd("--image", folder, "--out", "o", "--crops", "c", cwd=tmp_path)
+        assert run.returncode == 0, run.stderr
+    crops = sorted(p.name for p in (tmp_path / "c").iterdir())
+    assert sum(name.startswith("p_face") for name in crops) >= 4
+    q_crops = {n: (tmp_path / "c" / n).read_bytes() for n in crops if n.startswith("q_")}
+    run = scrfd("--image", "a", "--out", "o", "--crops", "c", "--max-faces", "2", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    records = lines_by_path(tmp_path / "o" / "faces.jsonl")
+    named = sorted(Path(face["crop"]).name for record in records.values()
+                   for face in record["faces"])
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == named  # none stale, none lost
+    assert [n for n in named if n.startswith("p_")] == ["p_face0.png", "p_face1.png"]
+    assert {n: (tmp_path / "c" / n).read_bytes() for n in q_crops} == q_crops
+
+
 def start(args: list, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(REPO / "scrfd.py"), "--model",
                              str(MODELS / "det_500m.onnx"), "--size", SIZE, *map(str, args)],

@@ -370,7 +370,7 @@ def detect_on_ray(sources: Sequence[str], outputs: Sequence[Path], json_path: Pa
             collect(results, run, staging, verbose)
             if len(run.failed_at) == len(sources):
                 raise UserError(f"none of the {len(sources)} image(s) could be read")
-            commit_photos(staging, json_path, run.lines)
+            commit_photos(staging, json_path, run.lines, settings.crops)
         run.elapsed = time.time() - run.started
         print(f"ray: actors at work after {run.working[0] - run.started:.1f} s (start-up, one "
               f"model load each), then {run.working_rate():.1f} images/s")

@@ -22,7 +22,9 @@ Unreadable images are skipped with a warning and counted in the summary; the exi
 as long as at least one image was read (2, with a one-line error, when none could be).
 Outputs are written under temporary names and renamed into place together at the end: an
 interrupted or failed run leaves earlier results untouched. Every output path is checked
-against every input and every other output before any work: none is ever overwritten.
+against every input and every other output before any work: none is ever overwritten. A
+JSON lines file already there (an earlier run into the same --out) is merged into, by photo
+path, never replaced (--json says how).
 
 --ray runs the same job on a Ray cluster (pip install -r requirements-scale.txt), as in the
 last example: a pool of actors, one model each, reads, detects and writes; the outputs and
@@ -62,8 +64,8 @@ from scrfdkit.scale.reach import CONNECT_TIMEOUT, check_reachable
 from scrfdkit.tiles import largest_tile_face
 
 PROGRESS_FROM = 4  # a progress bar from this many images on; one line per image below it
-TILE_HINT_RATIO = 4  # a photo this many times the model's input on a side, no face in one pass:
-# the faces may be too small once shrunk into the input, and the summary suggests --tile
+TILE_HINT_RATIO = 4  # a photo more than this many times the model's input on a side with no
+# face in one pass gets a note suggesting --tile: its faces may be lost in the shrunken photo
 STAGES = ("read", "preprocess", "inference", "postprocess", "write")
 
 

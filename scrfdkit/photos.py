@@ -125,9 +125,9 @@ def json_line(record: dict) -> str:
 
 
 JSON_MERGE = ("a file that exists is merged into, never replaced: its lines for photos this "
-              "run does not process are kept, each photo it does gets this run's line in place "
-              "of an earlier one (one it cannot read keeps an earlier good line), and runs at "
-              "once into one file keep every line of each")  # one home: scrfd.py's --help
+              "run does not process are kept, each photo it does gets this run's line (and "
+              "crops) in place of an earlier one's (one it cannot read keeps an earlier good "
+              "line), and runs at once into one file keep every line of each")  # scrfd.py --help
 
 
 def earlier_lines(path: Path) -> dict[str, str]:

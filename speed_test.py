@@ -160,10 +160,11 @@ def check_inputs(args: argparse.Namespace) -> Path | None:
     for option, path in outputs.items():
         if path is not None:
             check_output_file(path, option)
-            if option != "--plot" and path.exists() and not args.replace:
-                raise UserError(f"{option} {path} exists: {KEPT}; give {option} a new file, or "
-                                "--replace to replace it")
     check_outputs(outputs, inputs)
+    for option, path in outputs.items():  # after the checks that name an input or a clash
+        if option != "--plot" and path is not None and path.exists() and not args.replace:
+            raise UserError(f"{option} {path} exists: {KEPT}; give {option} a new file, or "
+                            "--replace to replace it")
     return image
 
 

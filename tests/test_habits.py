@@ -158,6 +158,29 @@ def test_a_run_ending_while_another_commits_merges_into_what_that_one_wrote(tmp_
     assert sorted(lines_by_path(out / "faces.jsonl")) == ["a/a0.jpg", "b/b0.jpg", "c/c0.jpg"]
 
 
+def test_a_run_terminated_while_it_waits_to_merge_leaves_the_folder_as_it_was(tmp_path):
+    photo(tmp_path / "a" / "a0.jpg")
+    photo(tmp_path / "b" / "b0.jpg", flip=1)
+    assert scrfd("--image", "a", "--out", "o", cwd=tmp_path).returncode == 0
+    out = tmp_path / "o"
+    before = digests(out)
+    lock = os.open(out, os.O_RDONLY)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # another run's commit
+    try:
+        run = start(["--image", "b", "--out", "o"], tmp_path)
+        deadline = time.monotonic() + 120
+        while not list(out.glob(".b0.*")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        run.terminate()  # SIGTERM while it waits for the lock
+        _, err = run.communicate(timeout=60)
+    finally:
+        os.close(lock)
+    assert run.returncode == 143 and "terminated" in err, err
+    assert digests(out) == before and sorted(p.name for p in out.iterdir()) == [
+        "a0.jpg", "faces.jsonl"]  # nothing of the stopped run, no temporary file
+
+
 def test_a_json_file_that_is_not_scrfds_is_refused_before_any_work(tmp_path):
     photo(tmp_path / "p.jpg")
     (tmp_path / "notes.txt").write_text("my own notes\n")

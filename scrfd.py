@@ -44,9 +44,8 @@ from tqdm import tqdm
 from scrfdkit.cli import (DEFAULT_IMAGE, DEFAULT_MODEL, MODELS_DIR, RESULTS_DIR, ArgumentParser,
                           add_detector_arguments, add_face_output_arguments, add_tile_argument,
                           add_verify_arguments,
-                          check_model, check_verify_options, cli, display, positive_int,
-                          score_threshold, tile_setting)
-from scrfdkit.defaults import TILE_FACE
+                          check_face_output_options, check_model, cli, detector_options,
+                          display, open_detector, positive_int, score_threshold, tile_setting)
 from scrfdkit.detector import SCRFD
 from scrfdkit.errors import UserError
 from scrfdkit.files import (STDOUT, Output, StagedOutputs, check_output_file, check_output_folder,
@@ -205,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                         "image files, folders or glob patterns")
     if args.ray_actors is not None and args.ray is None:
         raise UserError("--ray-actors needs --ray")
-    check_verify_options(args)
+    check_face_output_options(args)
     if args.ray is not None:
         check_reachable(args.ray)
     check_output_folder(args.out, "--out")
@@ -214,16 +213,14 @@ def main(argv: list[str] | None = None) -> int:
     skipped: list[str] = []
     images, names = find_inputs(args, skipped)
     outputs = output_paths(names, args.out, image_format(args.format))
-    settings = PhotoOutputs(args.out, args.blur, args.crops, args.crop_size)
+    settings = PhotoOutputs(args.out, args.replacement, args.crops, args.crop_size)
     json_path = check_run_outputs(args, names, outputs, settings, model_path)
     report = sys.stderr if str(json_path) == STDOUT else sys.stdout
 
     tile = tile_setting(args)
-    options = dict(model_path=model_path, input_hw=args.size, nms_threshold=args.nms,
-                   score_threshold=score_threshold(args), max_faces=args.max_faces,
-                   threads=args.threads, tile=tile is not None,
-                   tile_face=tile or TILE_FACE)  # the same detector here and in every Ray actor
-    detector = SCRFD(**options)
+    # the same detector here and in every Ray actor
+    options = detector_options(args, model_path, score_threshold(args), tile)
+    detector = open_detector(options, args.device)
     if args.crops and not detector.has_landmarks:
         raise UserError(f"--crops needs landmarks, and {display(model_path)} has none")
     verifiers = verifiers_for(detector.model_path, detector.input_hw, args.verify_model,

@@ -19,7 +19,7 @@ import numpy as np
 
 from .detections import Detections, draw_detections
 from .errors import UserError
-from .faces import ARCFACE_SIZE, aligned_crops, anonymize
+from .faces import ARCFACE_SIZE, Replacement, aligned_crops, anonymize
 from .detector import ModelOutputError
 from .files import Output, StagedOutputs, check_name_length, display, read_image
 from .pipeline import WriteBehind, read_ahead
@@ -33,7 +33,7 @@ class PhotoOutputs:
     """What to write for each photo: the annotated (or blurred) image, and aligned crops."""
 
     out_dir: Path
-    blur: str | None = None  # None: draw boxes and landmarks; else the anonymize() mode
+    blur: Replacement | str | None = None  # None: draw boxes and landmarks; else how to hide
     crops: Path | None = None  # folder for aligned crops, or None
     crop_size: int = ARCFACE_SIZE
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 import time
 from pathlib import Path
 
@@ -81,6 +82,11 @@ def parse_args(argv: list[str] | None = None):
                              f"(default: <out>/{JSON_NAME}); - writes them to standard output "
                              "(and the messages to standard error)")
     add_face_output_arguments(parser, crop_name="<image>_face<N>.png")
+    parser.add_argument("--keep-metadata", action="store_true",
+                        help="copy each photo's EXIF (GPS position, camera, dates...) and ICC "
+                             "colour profile into what is written, orientation reset and "
+                             "thumbnail left out (JPEG, PNG, WebP, TIFF); by default none is "
+                             "written, and the summary says what was dropped")
     parser.add_argument("--verbose", action="store_true",
                         help="one line per image instead of a progress bar")
     add_detector_arguments(parser, per="image")
@@ -106,10 +112,11 @@ def list_file_line(line: str) -> list[str]:
 
 
 def detect_here(detector: SCRFD, images: list[Path], outputs: list[Path], json_path: Path,
-                settings: PhotoOutputs, verbose: bool, report=sys.stdout
+                settings: PhotoOutputs, verbose: bool, report=sys.stdout, dropped=None
                 ) -> tuple[list[Path], int, float, dict]:
     """The single-process run: (unreadable images, faces, seconds, seconds per stage).
-    Messages go to `report`; JSON lines to json_path, or to standard output for `-`."""
+    Messages go to `report`; JSON lines to json_path, or to standard output for `-`;
+    `dropped` (a Counter) counts the photos per kind of identifying metadata not written."""
     failed: list[str] = []
     lines: list[str] = []
     faces = 0
@@ -121,6 +128,8 @@ def detect_here(detector: SCRFD, images: list[Path], outputs: list[Path], json_p
         nonlocal faces
         faces += photo.faces
         lines.append(photo.line)
+        if dropped is not None:
+            dropped.update(photo.dropped)
         for stage, seconds in photo.seconds.items():
             totals[stage] += seconds
         bar.update()
@@ -157,6 +166,9 @@ def find_inputs(args, skipped: list[str]) -> tuple[list, list[Path]]:
     """The photos, and the paths that name their outputs (a URI's host and path, with --ray);
     what folder scans passed over (broken links...) is warned about and added to `skipped`."""
     exclude = [args.out] + ([args.crops] if args.crops else [])
+    if args.keep_metadata and any("://" in str(p) for p in args.image):
+        raise UserError("--keep-metadata reads the metadata of local files; give paths, not "
+                        "URIs")
     if args.ray is not None:
         from scrfdkit.scale import ray_jobs as distributed  # Ray only when asked for
         images = distributed.find_sources(args.image, exclude, skipped)
@@ -189,6 +201,17 @@ def check_run_outputs(args, images: list, outputs: list[Path], settings: PhotoOu
     return json_path
 
 
+def metadata_line(dropped: Counter, keep: bool, ray: bool) -> str:
+    """What the written photos lack of their sources' metadata, and how to keep it."""
+    kinds = ", ".join(f"{kind} ({count} photo{'s' * (count != 1)})"
+                      for kind, count in dropped.most_common())
+    if keep:
+        return ("metadata: EXIF and ICC profiles copied" + (f"; not copied: {kinds}" if kinds
+                                                             else ""))
+    found = f"; dropped: {kinds}" if kinds else "" if ray else "; the photos had none"
+    return f"metadata: none written (privacy first){found}; --keep-metadata copies EXIF and ICC"
+
+
 def verify(verifiers: list[Verifier], outputs: list[Path], json_path: Path) -> int:
     """--verify after the run: each image with a face still detectable, and 1 if there is one."""
     records = [json.loads(line) for line in json_path.read_text().splitlines()]
@@ -213,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     skipped: list[str] = []
     images, names = find_inputs(args, skipped)
     outputs = output_paths(names, args.out, image_format(args.format))
-    settings = PhotoOutputs(args.out, args.replacement, args.crops, args.crop_size)
+    settings = PhotoOutputs(args.out, args.replacement, args.crops, args.crop_size,
+                            args.keep_metadata)
     json_path = check_run_outputs(args, names, outputs, settings, model_path)
     report = sys.stderr if str(json_path) == STDOUT else sys.stdout
 
@@ -231,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
              "in a tile)" if tile else "")
           + f"; {len(images)} image(s)", file=report)
     verbose = args.verbose or len(images) < PROGRESS_FROM
+    dropped: Counter = Counter()  # photos per kind of identifying metadata not written
     if args.ray is not None:
         from scrfdkit.scale import ray_jobs as distributed
         run = distributed.detect_on_ray(images, outputs, json_path, settings, options,
@@ -240,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         passes = run.passes
     else:
         failed, faces, elapsed, stages = detect_here(detector, images, outputs, json_path,
-                                                     settings, verbose, report)
+                                                     settings, verbose, report, dropped)
         overlap = "reading and writing overlap inference"
         passes = detector.total_passes
 
@@ -254,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
           f"; {done / elapsed:.1f} images/s overall", file=report)
     print(f"mean per image: {per_image} ({overlap})", file=report)
     print(f"{'blurred' if args.blur else 'annotated'} images: {display(args.out)}/", file=report)
+    print(metadata_line(dropped, args.keep_metadata, args.ray is not None), file=report)
     if args.crops is not None:
         print(f"aligned crops ({args.crop_size}x{args.crop_size}): {display(args.crops)}/",
               file=report)

@@ -15,6 +15,7 @@ from typing import Callable, NoReturn
 from .defaults import (BLUR_SCORE_THRESHOLD, DEFAULT_THREADS, MAX_INPUT_SIDE, NMS_THRESHOLD,
                        TILE_FACE,
                        SCORE_THRESHOLD)
+from .devices import DEVICE_PROVIDERS, check_started, device_providers
 from .errors import Terminated, UserError, one_line
 from .files import display
 
@@ -330,23 +331,6 @@ def add_detector_arguments(parser: argparse.ArgumentParser, per: str = "image",
     add_device_argument(parser)
 
 
-# --device: ONNX Runtime's execution providers by a short name, each with its fallbacks after it
-DEVICE_PROVIDERS = {
-    "cpu": ("CPUExecutionProvider",),
-    "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
-    "tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
-    "rocm": ("ROCMExecutionProvider", "CPUExecutionProvider"),
-    "migraphx": ("MIGraphXExecutionProvider", "CPUExecutionProvider"),
-    "directml": ("DmlExecutionProvider", "CPUExecutionProvider"),
-    "coreml": ("CoreMLExecutionProvider", "CPUExecutionProvider"),
-    "openvino": ("OpenVINOExecutionProvider", "CPUExecutionProvider"),
-}
-DEVICE_PACKAGES = {"cuda": "onnxruntime-gpu", "tensorrt": "onnxruntime-gpu and TensorRT",
-                   "rocm": "onnxruntime-rocm", "migraphx": "onnxruntime-migraphx",
-                   "directml": "onnxruntime-directml", "openvino": "onnxruntime-openvino",
-                   "coreml": "onnxruntime on macOS"}
-
-
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
     """--device, which every script that runs models shares."""
     parser.add_argument("--device", choices=DEVICE_PROVIDERS, default="cpu",
@@ -354,38 +338,6 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
                              "name, with the CPU for the operations it lacks (default cpu; "
                              "cuda and tensorrt need onnxruntime-gpu, the others their own "
                              "onnxruntime build); .tflite models run on the CPU (LiteRT)")
-
-
-def device_providers(device: str, model_paths: list[Path] | tuple = ()) -> tuple[str, ...] | None:
-    """The providers --device asks for (None: the CPU default), checked before any work:
-    UserError when this onnxruntime lacks the provider, or a .tflite model cannot use it."""
-    if device == "cpu":
-        return None
-    for path in model_paths:
-        if Path(path).suffix.lower() == ".tflite":
-            raise UserError(f"--device {device} runs ONNX models; {display(Path(path))} is a "
-                            ".tflite model, which LiteRT runs on the CPU (leave out --device, "
-                            "or give the .onnx model)")
-    import onnxruntime as ort
-
-    wanted, available = DEVICE_PROVIDERS[device][0], ort.get_available_providers()
-    if wanted not in available:
-        raise UserError(f"--device {device}: onnxruntime {ort.__version__} here has no {wanted} "
-                        f"(it has {', '.join(p.removesuffix('ExecutionProvider') for p in available)}"
-                        f"); install {DEVICE_PACKAGES[device]} instead of onnxruntime")
-    return DEVICE_PROVIDERS[device]
-
-
-def check_device(runner, device: str) -> None:
-    """After the session opened: ONNX Runtime falls back to the CPU silently when a provider
-    cannot start (no GPU, a missing CUDA library); say so instead of running slowly."""
-    if device == "cpu":
-        return
-    wanted, used = DEVICE_PROVIDERS[device][0], runner.providers()
-    if used[0] != wanted:
-        raise UserError(f"--device {device}: {wanted} did not start (the session runs on "
-                        f"{', '.join(used)}); is there a usable {device} device and its "
-                        "libraries?")
 
 
 def detector_options(args: argparse.Namespace, model_path: Path, score: float,
@@ -404,7 +356,7 @@ def open_detector(options: dict, device: str):
     from .detector import SCRFD
 
     detector = SCRFD(**options)
-    check_device(detector.runner, device)
+    check_started(detector.runner, device)
     return detector
 
 

@@ -9,6 +9,7 @@ in original-image pixels, and optionally one aligned 112x112 crop per face (--cr
     python scrfd.py --image photos/ --blur --out /tmp/anonymised   # tiled: small faces too
     python scrfd.py --image photos/ --blur --verify --out /tmp/anonymised  # any face left? exit 1
     python scrfd.py --image crowd.jpg --tile          # + tiles at the photo's own resolution
+    python scrfd.py --image phone/ --blur solid --keep-metadata --out /tmp/a  # black, EXIF kept
     python scrfd.py --image photos/ --crops /tmp/crops   # ArcFace-aligned faces for recognition
     python scrfd.py --image @archive.txt --blur --out /shared/anonymised --ray --threads 1
 
@@ -17,6 +18,11 @@ stronger one (--verify-model, default models/det_2.5g.onnx when present, at each
 resolution), at the photo default score 0.5. It reports, per image, each face still detectable
 under a blur (the blur did not hide it) or never hidden (the run's detector missed it), and
 exits 1 if there is one; the images are written either way.
+
+--blur hides faces by a gaussian blur, or as `pixelate` (a mosaic, --blur-blocks), `solid`
+(black) or `image` (--blur-image). Written photos carry no EXIF, XMP or ICC profile (OpenCV
+writes pixels only): no GPS position, camera or thumbnail; the summary names what the sources
+had, and --keep-metadata copies EXIF and ICC (orientation reset, thumbnail left out).
 
 Unreadable images are skipped with a warning and counted in the summary; the exit code is 0
 as long as at least one image was read (2, with a one-line error, when none could be).

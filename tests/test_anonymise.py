@@ -286,3 +286,21 @@ def test_device_cpu_is_the_default_run(det500m_onnx, samples_dir, tmp_path):
         assert proc.returncode == 0, proc.stderr
         lines.append((tmp_path / name / "faces.jsonl").read_text().replace(name, ""))
     assert lines[0] == lines[1] and len(json.loads(lines[0])["faces"]) == 6
+
+
+# ---------------------------------------------------------------------------- encoder
+# deface 1.5.0 on walking_1080p.mp4 (libx264 medium at crf 23 through imageio-ffmpeg, stretched
+# to 1920x1088, AAC copied): `deface walking_1080p.mp4 -o deface.mp4 --keep-audio` in a venv
+# of `pip install deface onnxruntime` (docs/video.md). Pinned: deface is not installed in CI.
+DEFACE_WALKING_BYTES = 1_926_951
+
+
+def test_the_default_1080p_output_is_no_larger_than_deface(det500m_onnx, samples_dir, tmp_path):
+    """The default --blur run (the demo model's network and size, as ONNX; default tiles and
+    encoder settings) writes no more bytes than deface did for the same video."""
+    out = tmp_path / "walking.mp4"
+    proc = run_main("video_inference_fdlm.py", "--model", det500m_onnx, "--size", SIZE,
+                    "--video", samples_dir / "walking_1080p.mp4", "--blur", "--out", out)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "105 frames" in proc.stdout and "audio AAC copied" in proc.stdout
+    assert out.stat().st_size <= DEFACE_WALKING_BYTES, (out.stat().st_size, proc.stdout)

@@ -62,8 +62,9 @@ from scrfdkit.tiles import largest_tile_face
 from scrfdkit.timing import Profile
 from scrfdkit.track import (DEFAULT_HOLD, DEFAULT_TRACK_SCORE, CutDetector, FaceTracker, Region,
                             track_video)
-from scrfdkit.video import (DEFAULT_CRF, DEFAULT_PRESET, PRESETS, VIDEO_SUFFIXES, Frame,
-                            VideoSink, check_encoding, open_source, patch_yuv, spare_threads)
+from scrfdkit.video import (DEFAULT_CRF, DEFAULT_PRESET, PRESET_HELP, PRESETS, VIDEO_SUFFIXES,
+                            Frame, VideoSink, check_encoding, open_source, patch_yuv,
+                            spare_threads)
 
 SUFFIX = "_fdlm"  # results/<video stem>_fdlm.mp4 and .jsonl
 WINDOW = "SCRFD faces (q or Esc to stop)"
@@ -99,10 +100,9 @@ def parse_args(argv: list[str] | None = None):
                              f"{DEFAULT_CRF['libx264']} for H.264, {DEFAULT_CRF['libvpx-vp9']} "
                              "for VP9)")
     parser.add_argument("--preset", default=DEFAULT_PRESET, metavar="NAME",
-                        help=f"encoder speed: {', '.join(PRESETS)}; slower gives smaller files "
-                             f"at the same quality (default {DEFAULT_PRESET}: veryfast up to "
-                             "960x540, superfast up to 1280x720, ultrafast above, so encoding "
-                             "keeps up with the model on 2 cores)")
+                        help=f"encoder speed: auto, {', '.join(PRESETS)}; slower gives smaller "
+                             f"files at the same quality (default {DEFAULT_PRESET}; "
+                             f"{PRESET_HELP})")
     add_face_output_arguments(parser, crop_name="<video>_frame<N>_face<M>.png")
     blur = parser.add_argument_group("anonymising (--blur)")
     blur.add_argument("--blur-shape", choices=BLUR_SHAPES, default=VIDEO_BLUR_SHAPE,

@@ -35,10 +35,10 @@ PILLOW_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".png": "PNG"
 
 @dataclass(frozen=True)
 class PhotoMetadata:
-    """A source photo's EXIF (Pillow's Exif, None when it has none), ICC profile, and the
-    names of the identifying things it carries (GPS position, thumbnail, XMP...)."""
+    """A source photo's EXIF (as Pillow writes it, no thumbnail; None when it has none), ICC
+    profile, and the names of the identifying things it carries (GPS position, XMP...)."""
 
-    exif: object | None
+    exif: bytes | None
     icc_profile: bytes | None
     found: tuple[str, ...]
 
@@ -55,18 +55,21 @@ def read_metadata(path: str | os.PathLike) -> PhotoMetadata | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's DecompressionBombWarning: header only
-            with Image.open(path) as image:
+            with Image.open(path) as image:  # sub-IFDs of a TIFF are read from the open file
                 exif, info = image.getexif(), dict(image.info)
+                ifds = {ifd: dict(exif.get_ifd(ifd)) for ifd in (EXIF_IFD, GPS_IFD,
+                                                                 THUMBNAIL_IFD)}
+                data = exif.tobytes() if len(exif) else None  # Pillow writes no IFD1
     except Exception:  # noqa: BLE001 - any file Pillow cannot parse simply has no metadata here
         return None
-    tags = {**dict(exif), **dict(exif.get_ifd(EXIF_IFD))}
-    found = ["GPS position"] if exif.get_ifd(GPS_IFD) else []
+    tags = {**dict(exif), **ifds[EXIF_IFD]}
+    found = ["GPS position"] if ifds[GPS_IFD] else []
     found += [name for name, numbers in IDENTIFYING_TAGS.items()
               if any(tags.get(n) not in (None, "", b"") for n in numbers)]
-    found += ["thumbnail"] if exif.get_ifd(THUMBNAIL_IFD) else []
+    found += ["thumbnail"] if ifds[THUMBNAIL_IFD] else []
     found += ["XMP"] if info.get("xmp") or info.get("XML:com.adobe.xmp") else []
     found += ["IPTC"] if info.get("photoshop") else []
-    return PhotoMetadata(exif if len(exif) else None, info.get("icc_profile"), tuple(found))
+    return PhotoMetadata(data, info.get("icc_profile"), tuple(found))
 
 
 def encode_with_metadata(path: Path, image_bgr: np.ndarray, metadata: PhotoMetadata
@@ -81,9 +84,11 @@ def encode_with_metadata(path: Path, image_bgr: np.ndarray, metadata: PhotoMetad
         return None
     options: dict = {}
     if metadata.exif is not None:
-        if ORIENTATION in metadata.exif:
-            metadata.exif[ORIENTATION] = 1
-        options["exif"] = metadata.exif
+        exif = Image.Exif()
+        exif.load(metadata.exif)
+        if ORIENTATION in exif:
+            exif[ORIENTATION] = 1
+        options["exif"] = exif
     if metadata.icc_profile:
         options["icc_profile"] = metadata.icc_profile
     if fmt == "JPEG":

@@ -285,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
           f"; {done / elapsed:.1f} images/s overall", file=report)
     print(f"mean per image: {per_image} ({overlap})", file=report)
     print(f"{'blurred' if args.blur else 'annotated'} images: {display(args.out)}/", file=report)
-    print(metadata_line(dropped, args.keep_metadata, args.ray is not None), file=report)
+    if args.blur or args.keep_metadata or dropped:  # an anonymised photo says what it lost
+        print(metadata_line(dropped, args.keep_metadata, args.ray is not None), file=report)
     if args.crops is not None:
         print(f"aligned crops ({args.crop_size}x{args.crop_size}): {display(args.crops)}/",
               file=report)

@@ -30,8 +30,10 @@ from functools import partial
 from pathlib import Path
 
 from scrfdkit.bench.model_stats import model_flops
-from scrfdkit.cli import (DEFAULT_WIDER, PEERS_DIR, RESULTS_DIR, ArgumentParser, add_tile_argument,
-                          cli, display, fraction, parse_hw, positive_int)
+from scrfdkit.cli import (DEFAULT_WIDER, PEERS_DIR, RESULTS_DIR, ArgumentParser,
+                          add_device_argument, add_tile_argument, cli, display, fraction,
+                          parse_hw, positive_int)
+from scrfdkit.devices import device_providers
 from scrfdkit.compare.peers import PEERS, PEERS_DIR_ENV, make_detector
 from scrfdkit.compare.peers import model_path as peer_model_path
 from scrfdkit.defaults import (DEFAULT_INPUT_HW, EVAL_NMS_THRESHOLD, EVAL_SCORE_THRESHOLD,
@@ -141,6 +143,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=positive_int, default=None,
                         help=f"inference threads (default: all {os.cpu_count() or 1} cores; "
                              "with --ray, 1 per evaluation)")
+    add_device_argument(parser)
     parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                         help="with --grid: each evaluation a task on a Ray cluster, its output "
                              f"in OUT/<model>_<H>x<W>/{TASK_LOG}; no ADDRESS joins or starts one "
@@ -181,6 +184,10 @@ def check_options(args: argparse.Namespace) -> None:
                          or args.analyze or args.protocol):
         raise UserError("--closeup evaluates one --model (single-pass and tiled); it takes no "
                         "--grid, --predictions, --detector, --analyze or --protocol")
+    if args.device != "cpu" and (not args.model or args.closeup):
+        raise UserError(f"--device {args.device} runs --model files (SCRFD ONNX models), not "
+                        "--detector, --predictions or --closeup")
+    device_providers(args.device, args.model)
     if args.tile and not args.model:
         raise UserError("--tile applies to --model files (SCRFD), not to --detector or "
                         "--predictions")
@@ -235,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
         args.operating_score, args.score_threshold, args.nms_threshold, open_peer=make_detector,
         peers_dir=args.peers_dir,
         threads=args.threads or (1 if args.ray is not None else os.cpu_count() or 1),
-        tile_face=args.tile)
+        tile_face=args.tile, device=args.device)
     if args.closeup:
         lines = closeup_protocol(model, size, args.wider or DEFAULT_WIDER, args.images_list, out,
                                  args.operating_score, args.tile or TILE_FACE, settings.threads)

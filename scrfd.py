@@ -9,6 +9,7 @@ in original-image pixels, and optionally one aligned 112x112 crop per face (--cr
     python scrfd.py --image photos/ --blur --out /tmp/anonymised   # tiled: small faces too
     python scrfd.py --image photos/ --blur --verify --out /tmp/anonymised  # any face left? exit 1
     python scrfd.py --image crowd.jpg --tile          # + tiles at the photo's own resolution
+    python scrfd.py --image phone/ --blur solid --keep-metadata --out /tmp/a  # black, EXIF kept
     python scrfd.py --image photos/ --crops /tmp/crops   # ArcFace-aligned faces for recognition
     python scrfd.py --image @archive.txt --blur --out /shared/anonymised --ray --threads 1
 
@@ -17,6 +18,11 @@ stronger one (--verify-model, default models/det_2.5g.onnx when present, at each
 resolution), at the photo default score 0.5. It reports, per image, each face still detectable
 under a blur (the blur did not hide it) or never hidden (the run's detector missed it), and
 exits 1 if there is one; the images are written either way.
+
+--blur hides faces by a gaussian blur, or as `pixelate` (a mosaic, --blur-blocks), `solid`
+(black) or `image` (--blur-image). Written photos carry no EXIF, XMP or ICC profile (OpenCV
+writes pixels only): no GPS position, camera or thumbnail; the summary names what the sources
+had, and --keep-metadata copies EXIF and ICC (orientation reset, thumbnail left out).
 
 Unreadable images are skipped with a warning and counted in the summary; the exit code is 0
 as long as at least one image was read (2, with a one-line error, when none could be).
@@ -40,6 +46,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from tqdm import tqdm
@@ -47,9 +54,8 @@ from tqdm import tqdm
 from scrfdkit.cli import (DEFAULT_IMAGE, DEFAULT_MODEL, MODELS_DIR, RESULTS_DIR, ArgumentParser,
                           add_detector_arguments, add_face_output_arguments, add_tile_argument,
                           add_verify_arguments,
-                          check_model, check_verify_options, cli, display, positive_int,
-                          score_threshold, tile_setting)
-from scrfdkit.defaults import TILE_FACE
+                          check_face_output_options, check_model, cli, detector_options,
+                          display, open_detector, positive_int, score_threshold, tile_setting)
 from scrfdkit.detector import SCRFD
 from scrfdkit.errors import UserError
 from scrfdkit.files import (STDOUT, Output, StagedOutputs, check_output_file, check_output_folder,
@@ -88,6 +94,11 @@ def parse_args(argv: list[str] | None = None):
                              f"(default: <out>/{JSON_NAME}); {JSON_MERGE}; - writes them to "
                              "standard output (and the messages to standard error)")
     add_face_output_arguments(parser, crop_name="<image>_face<N>.png")
+    parser.add_argument("--keep-metadata", action="store_true",
+                        help="copy each photo's EXIF (GPS position, camera, dates...) and ICC "
+                             "colour profile into what is written, orientation reset and "
+                             "thumbnail left out (JPEG, PNG, WebP, TIFF); by default none is "
+                             "written, and the summary says what was dropped")
     parser.add_argument("--verbose", action="store_true",
                         help="one line per image instead of a progress bar")
     add_detector_arguments(parser, per="image")
@@ -113,10 +124,11 @@ def list_file_line(line: str) -> list[str]:
 
 
 def detect_here(detector: SCRFD, images: list[Path], outputs: list[Path], json_path: Path,
-                settings: PhotoOutputs, verbose: bool, report=sys.stdout
+                settings: PhotoOutputs, verbose: bool, report=sys.stdout, dropped=None
                 ) -> tuple[list[Path], int, float, dict]:
     """The single-process run: (unreadable images, faces, seconds, seconds per stage).
-    Messages go to `report`; JSON lines to json_path, or to standard output for `-`."""
+    Messages go to `report`; JSON lines to json_path, or to standard output for `-`;
+    `dropped` (a Counter) counts the photos per kind of identifying metadata not written."""
     failed: list[str] = []
     lines: list[str] = []
     faces = 0
@@ -128,6 +140,8 @@ def detect_here(detector: SCRFD, images: list[Path], outputs: list[Path], json_p
         nonlocal faces
         faces += photo.faces
         lines.append(photo.line)
+        if dropped is not None:
+            dropped.update(photo.dropped)
         for stage, seconds in photo.seconds.items():
             totals[stage] += seconds
         bar.update()
@@ -196,6 +210,9 @@ def find_inputs(args, skipped: list[str]) -> tuple[list, list[Path]]:
     what folder scans passed over (broken links...) is warned about and added to `skipped`."""
     refuse_output_folders_as_inputs(args)
     exclude = [args.out] + ([args.crops] if args.crops else [])
+    if args.keep_metadata and any("://" in str(p) for p in args.image):
+        raise UserError("--keep-metadata reads the metadata of local files; give paths, not "
+                        "URIs")
     if args.ray is not None:
         from scrfdkit.scale import ray_jobs as distributed  # Ray only when asked for
         images = distributed.find_sources(args.image, exclude, skipped)
@@ -230,6 +247,17 @@ def check_run_outputs(args, images: list, outputs: list[Path], settings: PhotoOu
     return json_path
 
 
+def metadata_line(dropped: Counter, keep: bool, ray: bool) -> str:
+    """What the written photos lack of their sources' metadata, and how to keep it."""
+    kinds = ", ".join(f"{kind} ({count} photo{'s' * (count != 1)})"
+                      for kind, count in dropped.most_common())
+    if keep:
+        return ("metadata: EXIF and ICC profiles copied" + (f"; not copied: {kinds}" if kinds
+                                                             else ""))
+    found = f"; dropped: {kinds}" if kinds else "" if ray else "; the photos had none"
+    return f"metadata: none written (privacy first){found}; --keep-metadata copies EXIF and ICC"
+
+
 def verify(verifiers: list[Verifier], images: list, outputs: list[Path], json_path: Path) -> int:
     """--verify after the run: each image with a face still detectable, and 1 if there is one.
     The photos' lines are read back from the file, which may hold other runs' lines too."""
@@ -248,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                         "image files, folders or glob patterns")
     if args.ray_actors is not None and args.ray is None:
         raise UserError("--ray-actors needs --ray")
-    check_verify_options(args)
+    check_face_output_options(args)
     if args.ray is not None:
         check_reachable(args.ray)
     check_output_folder(args.out, "--out")
@@ -257,16 +285,15 @@ def main(argv: list[str] | None = None) -> int:
     skipped: list[str] = []
     images, names = find_inputs(args, skipped)
     outputs = output_paths(names, args.out, image_format(args.format))
-    settings = PhotoOutputs(args.out, args.blur, args.crops, args.crop_size)
+    settings = PhotoOutputs(args.out, args.replacement, args.crops, args.crop_size,
+                            args.keep_metadata)
     json_path = check_run_outputs(args, names, outputs, settings, model_path)
     report = sys.stderr if str(json_path) == STDOUT else sys.stdout
 
     tile = tile_setting(args)
-    options = dict(model_path=model_path, input_hw=args.size, nms_threshold=args.nms,
-                   score_threshold=score_threshold(args), max_faces=args.max_faces,
-                   threads=args.threads, tile=tile is not None,
-                   tile_face=tile or TILE_FACE)  # the same detector here and in every Ray actor
-    detector = SCRFD(**options)
+    # the same detector here and in every Ray actor
+    options = detector_options(args, model_path, score_threshold(args), tile)
+    detector = open_detector(options, args.device)
     if args.crops and not detector.has_landmarks:
         raise UserError(f"--crops needs landmarks, and {display(model_path)} has none")
     verifiers = verifiers_for(detector.model_path, detector.input_hw, args.verify_model,
@@ -277,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
              "in a tile)" if tile else "")
           + f"; {len(images)} image(s)", file=report)
     verbose = args.verbose or len(images) < PROGRESS_FROM
+    dropped: Counter = Counter()  # photos per kind of identifying metadata not written
     if args.ray is not None:
         from scrfdkit.scale import ray_jobs as distributed
         run = distributed.detect_on_ray(images, outputs, json_path, settings, options,
@@ -286,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         passes = run.passes
     else:
         failed, faces, elapsed, stages = detect_here(detector, images, outputs, json_path,
-                                                     settings, verbose, report)
+                                                     settings, verbose, report, dropped)
         overlap = "reading and writing overlap inference"
         passes = detector.total_passes
 
@@ -300,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
           f"; {done / elapsed:.1f} images/s overall", file=report)
     print(f"mean per image: {per_image} ({overlap})", file=report)
     print(f"{'blurred' if args.blur else 'annotated'} images: {display(args.out)}/", file=report)
+    if args.blur or args.keep_metadata or dropped:  # an anonymised photo says what it lost
+        print(metadata_line(dropped, args.keep_metadata, args.ray is not None), file=report)
     if args.crops is not None:
         print(f"aligned crops ({args.crop_size}x{args.crop_size}): {display(args.crops)}/",
               file=report)

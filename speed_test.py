@@ -39,7 +39,8 @@ from scrfdkit.bench.op_profile import profile_ops
 from scrfdkit.bench.speed import Config
 from scrfdkit.bench.tile_speed import DEFAULT_PHOTOS, tile_rows, tile_table, time_tiles
 from scrfdkit.cli import (DATA_DIR, DEFAULT_WIDER, MODELS_DIR, REPO, RESULTS_DIR, ArgumentParser,
-                          cli, fraction, parse_hw, positive_int)
+                          add_device_argument, cli, fraction, parse_hw, positive_int)
+from scrfdkit.devices import device_providers
 from scrfdkit.defaults import EVAL_NMS_THRESHOLD, EVAL_SCORE_THRESHOLD, TILE_FACE
 from scrfdkit.errors import UserError
 from scrfdkit.files import (atomic_write, check_output_file, check_outputs, photos_to_time,
@@ -104,6 +105,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backends", default="auto",
                         help=f"comma list from {', '.join(ALL_BACKENDS)} (default auto: "
                              "litert,onnxruntime plus every GPU backend that works here)")
+    add_device_argument(parser)
     parser.add_argument("--threads", type=thread_list, default=thread_list(DEFAULT_THREADS),
                         help=f"comma list of CPU thread counts (default {DEFAULT_THREADS})")
     parser.add_argument("--repeat", type=positive_int, default=DEFAULT_REPEAT,
@@ -229,6 +231,21 @@ def run_tile_timing(args: argparse.Namespace) -> int:
     return 0
 
 
+def device_backends(args: argparse.Namespace) -> str:
+    """--backends, or for --device cuda or tensorrt its ONNX Runtime backend alone (checked:
+    a one-line error when this onnxruntime lacks the provider)."""
+    if args.device == "cpu":
+        return args.backends
+    if args.backends != "auto":
+        raise UserError("give either --device or --backends (a comma list may name "
+                        "onnxruntime-cuda and onnxruntime-tensorrt)")
+    if f"onnxruntime-{args.device}" not in GPU_BACKENDS:
+        raise UserError(f"--device {args.device}: speed_test.py times cuda and tensorrt (its "
+                        "onnxruntime-cuda and onnxruntime-tensorrt backends)")
+    device_providers(args.device)
+    return f"onnxruntime-{args.device}"
+
+
 def choose_backends(text: str) -> tuple[list[str], dict, str | None]:
     """The backends to run, and the GPU situation, printed so no CPU number passes for a GPU one."""
     gpus, gpu_name = gpu_status(), nvidia_gpu()
@@ -295,6 +312,7 @@ def prepare(models: list[Path], backends: list[str], args: argparse.Namespace, i
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.backends = device_backends(args)
     image = check_inputs(args)
     if args.analyze:
         return run_statistics([Path(p) for p in args.analyze], args.hw, image)

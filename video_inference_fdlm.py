@@ -42,9 +42,10 @@ from tqdm import tqdm
 
 from scrfdkit.cli import (DEFAULT_MODEL, MODELS_DIR, RESULTS_DIR, ArgumentParser,
                           add_detector_arguments, add_face_output_arguments, add_tile_argument,
-                          add_verify_arguments, camera_index, check_model, check_verify_options,
-                          cli, count, display, fraction, score_threshold, tile_setting)
-from scrfdkit.defaults import TILE_FACE, VIDEO_BLUR_SCORE_THRESHOLD
+                          add_verify_arguments, camera_index, check_face_output_options,
+                          check_model, cli, count, detector_options, display, fraction,
+                          open_detector, score_threshold, tile_setting)
+from scrfdkit.defaults import VIDEO_BLUR_SCORE_THRESHOLD
 from scrfdkit.detections import Detections, draw_detections
 from scrfdkit.detector import SCRFD
 from scrfdkit.privacy import (DEFAULT_VERIFY_MODEL, VERIFY_SCORE, report_verification,
@@ -61,8 +62,9 @@ from scrfdkit.tiles import largest_tile_face
 from scrfdkit.timing import Profile
 from scrfdkit.track import (DEFAULT_HOLD, DEFAULT_TRACK_SCORE, CutDetector, FaceTracker, Region,
                             track_video)
-from scrfdkit.video import (DEFAULT_CRF, DEFAULT_PRESET, PRESETS, VIDEO_SUFFIXES, Frame,
-                            VideoSink, check_encoding, open_source, patch_yuv, spare_threads)
+from scrfdkit.video import (DEFAULT_CRF, DEFAULT_PRESET, PRESET_HELP, PRESETS, VIDEO_SUFFIXES,
+                            Frame, VideoSink, check_encoding, open_source, patch_yuv,
+                            spare_threads)
 
 SUFFIX = "_fdlm"  # results/<video stem>_fdlm.mp4 and .jsonl
 WINDOW = "SCRFD faces (q or Esc to stop)"
@@ -98,10 +100,9 @@ def parse_args(argv: list[str] | None = None):
                              f"{DEFAULT_CRF['libx264']} for H.264, {DEFAULT_CRF['libvpx-vp9']} "
                              "for VP9)")
     parser.add_argument("--preset", default=DEFAULT_PRESET, metavar="NAME",
-                        help=f"encoder speed: {', '.join(PRESETS)}; slower gives smaller files "
-                             f"at the same quality (default {DEFAULT_PRESET}: veryfast up to "
-                             "960x540, superfast up to 1280x720, ultrafast above, so encoding "
-                             "keeps up with the model on 2 cores)")
+                        help=f"encoder speed: auto, {', '.join(PRESETS)}; slower gives smaller "
+                             f"files at the same quality (default {DEFAULT_PRESET}; "
+                             f"{PRESET_HELP})")
     add_face_output_arguments(parser, crop_name="<video>_frame<N>_face<M>.png")
     blur = parser.add_argument_group("anonymising (--blur)")
     blur.add_argument("--blur-shape", choices=BLUR_SHAPES, default=VIDEO_BLUR_SHAPE,
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.show:
         open_window()
     model_path = check_model(args.model)
-    check_verify_options(args)
+    check_face_output_options(args)
     check_encoding(args.crf, args.preset)
     if args.crops is not None:
         check_output_folder(args.crops, "--crops")
@@ -191,9 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     # with --blur the model reports faces down to --track-score: the tracker's second chance
     detect_from = min(threshold, args.track_score) if args.blur else threshold
     tile = tile_setting(args)
-    detector = SCRFD(model_path, args.size, score_threshold=detect_from, nms_threshold=args.nms,
-                     max_faces=args.max_faces, threads=args.threads, tile=tile is not None,
-                     tile_face=tile or TILE_FACE)
+    detector = open_detector(detector_options(args, model_path, detect_from, tile), args.device)
     if args.crops and not detector.has_landmarks:
         raise UserError(f"--crops needs landmarks, and {display(model_path)} has none")
     print(f"model {display(model_path)}: {detector.runner.backend}, input "
@@ -234,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             yuv = None
             if args.blur:
                 grown = grow(np.array([r.box for r in regions]), args.blur_grow)
-                shown = anonymize_regions(frame.image, grown, args.blur, args.blur_shape)
+                shown = anonymize_regions(frame.image, grown, args.replacement, args.blur_shape)
                 record["blurred"] = region_records(regions, grown, args.blur_shape)
                 if frame.yuv is not None:  # only the blurred pixels are converted back
                     yuv = patch_yuv(frame.yuv, shown, grown)

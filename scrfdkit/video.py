@@ -53,12 +53,18 @@ CODEC_NAMES = {"libx264": "H.264", "libvpx-vp9": "VP9", "aac": "AAC", "libopus":
 # x264's presets, fastest first; VP9 gets the same scale through libvpx's cpu-used (8..0).
 PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
            "veryslow")
-DEFAULT_PRESET = "auto"  # by frame size, so encoding keeps up with the model (AUTO_PRESETS)
-# "auto": the slowest preset (smallest file) whose encoding stays off the critical path on a
-# 2-core CPU. Measured at 1080p, CPU ms per frame: ultrafast 17, superfast 27, veryfast 44,
-# against 22 for det_500m 480x640; 1080p --blur keeps 84-87% of the model's fps with
-# ultrafast, 75% with superfast, 53-56% with veryfast (README).
+DEFAULT_PRESET = "auto"  # H264_AUTO_PRESET for H.264, by frame size for VP9 (AUTO_PRESETS)
+# H.264: medium at crf 23, what deface 1.5.0 writes (x264's own defaults), and of the presets
+# the one that gives deface-sized files at deface's quality. On walking_1080p's --blur frames,
+# one thread (docs/video.md, tests/tools/encoder_sweep.py): medium 1.80 MB, 44.3 dB luma PSNR,
+# 88 ms of CPU a frame; faster 1.85 MB, 44.1 dB, 60 ms; veryfast 1.61 MB but 42.6 dB, 35 ms;
+# ultrafast 5.41 MB (3x), 42.3 dB, 11 ms.
+H264_AUTO_PRESET = "medium"
+# VP9: the slowest setting whose encoding stays off the critical path on a 2-core CPU (libvpx
+# at medium's cpu-used 3 takes 250 ms of CPU a 1080p frame, at realtime cpu-used 8 50 ms).
 AUTO_PRESETS = ((540 * 960, "veryfast"), (720 * 1280, "superfast"), (None, "ultrafast"))
+PRESET_HELP = (f"auto: {H264_AUTO_PRESET} for H.264, x264's and deface's own, for files the "
+               "size of deface's; for VP9 the fastest that keeps up with the model on 2 cores")
 DEFAULT_CRF = {"libx264": 23, "libvpx-vp9": 32}  # each encoder's own "good" quality
 
 
@@ -269,8 +275,10 @@ def check_encoding(crf: int | None, preset: str) -> None:
         raise UserError(f"--preset must be auto or one of {', '.join(PRESETS)}, got {preset!r}")
 
 
-def auto_preset(width: int, height: int) -> str:
-    """The preset "auto" stands for at this frame size (see AUTO_PRESETS)."""
+def auto_preset(width: int, height: int, codec: str = "libvpx-vp9") -> str:
+    """The preset "auto" stands for with this encoder at this frame size."""
+    if codec == "libx264":
+        return H264_AUTO_PRESET
     return next(name for pixels, name in AUTO_PRESETS if pixels is None or width * height <= pixels)
 
 
@@ -305,7 +313,7 @@ class VideoSink:
     def _open(self, width: int, height: int) -> None:
         self.size, self.padded = (width, height), (width + width % 2, height + height % 2)
         if self.auto:
-            self.preset = auto_preset(width, height)
+            self.preset = auto_preset(width, height, self.format.video_codec)
         container = av.open(str(self._staged.path(self.path)), "w", format=self.format.muxer,
                             options=self.format.options)
         self._container = container

@@ -23,6 +23,7 @@ from ..ap_results import read_results, write_results
 from ..locks import folder_lock
 from ..defaults import EVAL_NMS_THRESHOLD, EVAL_SCORE_THRESHOLD, SCORE_THRESHOLD, TILE_FACE
 from ..detector import SCRFD
+from ..devices import DEVICE_PROVIDERS, check_started
 from ..errors import UserError
 from ..files import sha256_of
 from ..runners import fixed_input_hw
@@ -56,6 +57,7 @@ class EvaluationSettings:
     peers_dir: Path | None = None
     open_peer: Callable | None = None  # makes a peer detector by name (compare.peers.make_detector)
     tile_face: int | None = None  # SCRFD model files: None one pass, else tiles (SCRFD tile_face)
+    device: str = "cpu"  # SCRFD ONNX files: where ONNX Runtime runs them (devices.py)
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,10 @@ def predict(model: Path | str, size: tuple[int, int] | None, keys: list[str],
         detector = SCRFD(model, size, settings.score_threshold, settings.nms_threshold,
                          max_faces=0, threads=settings.threads,
                          tile=settings.tile_face is not None,
-                         tile_face=settings.tile_face or TILE_FACE)
+                         tile_face=settings.tile_face or TILE_FACE,
+                         runner_options={"providers": DEVICE_PROVIDERS[settings.device]}
+                         if settings.device != "cpu" else None)
+        check_started(detector.runner, settings.device)
         model_file, name = model, model.name
     else:
         if settings.open_peer is None:
@@ -117,6 +122,8 @@ def predict(model: Path | str, size: tuple[int, int] | None, keys: list[str],
                     "input_size": input_hw, "score_threshold": detector.score_threshold,
                     "nms_threshold": detector.nms_threshold,
                     "tile_face": settings.tile_face if isinstance(model, Path) else None}
+    if settings.device != "cpu":  # GPU kernels round differently: their own predictions
+        run_settings["device"] = settings.device
     pred_dir = out / PREDICTIONS_DIR
     changed = prepare_prediction_folder(out, run_settings, model_file)
     if changed:

@@ -163,6 +163,9 @@ def report(args, run: VideoSummary, tile: int | None) -> None:
               f"{run.seconds - run.first_pass:.1f} s decoding again, blurring and encoding")
     for label, spent in run.stage_seconds().items():
         print(f"  {label:15} {spent:7.2f} s {frames / spent if spent else float('inf'):8.1f} fps")
+    if run.rotation:
+        print(f"upright: every frame turned {run.rotation}° counter-clockwise, as the source's "
+              f"{run.rotated_by} asks; the video and the JSON lines are upright")
     if tile and args.blur and args.tile is None:
         print("(tiled, the --blur default, for the small faces; --no-tile runs one pass a frame)")
     if not run.kept:

@@ -22,6 +22,7 @@ from .files import IMAGE_SUFFIXES, opencv_quiet
 
 FALLBACK_FPS = 30.0  # when the source does not say (many webcams)
 WEBCAM_TIME_BASE = Fraction(1, 1000)  # webcam frames are stamped in milliseconds
+DISPLAYMATRIX = av.sidedata.sidedata.Type.DISPLAYMATRIX  # how a phone says "turn me upright"
 
 
 @dataclass
@@ -67,6 +68,9 @@ class VideoSource:
         self.fps = float(rate) if rate and 0 < float(rate) <= 1000 else FALLBACK_FPS
         self.total = self.stream.frames or self._estimated_frames()
         self.broken = ""
+        self.legacy_rotation = legacy_rotation(self.stream.metadata)
+        self.rotation = 0  # degrees counter-clockwise the frames are turned (see upright())
+        self.rotated_by = ""  # what asked for it: "display matrix" or "rotate tag"
 
     def _estimated_frames(self) -> int | None:
         """Containers without a frame count (Matroska): duration x rate, as OpenCV does."""
@@ -103,7 +107,8 @@ class VideoSource:
                     if held is not None:
                         held.audio, audio = audio, []
                         yield held
-                    image, yuv = to_bgr(decoded)
+                    self.rotation, self.rotated_by = upright(decoded, self.legacy_rotation)
+                    image, yuv = to_bgr(decoded, self.rotation)
                     held = Frame(image, pts, float(pts * self.time_base), yuv=yuv)
                     count += 1
                     if limit and count >= limit:
@@ -179,15 +184,49 @@ def open_source(video: Path | None, webcam: int | None) -> VideoSource | WebcamS
     return VideoSource(video) if video is not None else WebcamSource(webcam)
 
 
-def to_bgr(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray | None]:
-    """BGR pixels, and the I420 planes when the frame is 8-bit 4:2:0 of an even size (most
-    videos): VideoSink can then encode the decoded planes themselves with only the blurred
-    regions converted back, so pixels nobody blurred reach the encoder exactly as decoded."""
+def legacy_rotation(metadata: dict) -> int:
+    """The old `rotate` tag (clockwise degrees, as phones and older FFmpeg wrote it; Matroska
+    keeps it as ROTATE), as counter-clockwise degrees; 0 without one."""
+    tag = next((value for key, value in metadata.items() if key.lower() == "rotate"), None)
+    try:
+        return -round(float(tag) / 90) * 90 % 360 if tag is not None else 0
+    except ValueError:
+        return 0
+
+
+def upright(frame: av.VideoFrame, legacy: int = 0) -> tuple[int, str]:
+    """Degrees (0, 90, 180 or 270) to turn a decoded frame counter-clockwise so it stands as
+    players show it, and what said so: its display matrix (what phones write for a portrait
+    video), else the legacy rotate tag. Other angles go to the nearest quarter turn."""
+    if any(data.type == DISPLAYMATRIX for data in frame.side_data):
+        return round(frame.rotation / 90) * 90 % 360, "display matrix"
+    return legacy, "rotate tag"
+
+
+def to_bgr(frame: av.VideoFrame, rotation: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """BGR pixels turned `rotation` degrees counter-clockwise, and the I420 planes when the
+    frame is 8-bit 4:2:0 of an even size (most videos): VideoSink can then encode the decoded
+    planes themselves with only the blurred regions converted back, so pixels nobody blurred
+    reach the encoder exactly as decoded. Planes are turned before the conversion: a 2x2
+    chroma block stays one, so both give the same pixels."""
     even = not frame.width % 2 and not frame.height % 2
     if frame.format.name in ("yuv420p", "yuvj420p") and even:
         yuv = frame.to_ndarray(format="yuv420p")
+        if rotation:
+            yuv = turn_i420(yuv, frame.width, frame.height, rotation)
         return cv2.cvtColor(yuv, cv2.COLOR_YUV2BGR_I420), yuv
-    return frame.to_ndarray(format="bgr24"), None
+    image = frame.to_ndarray(format="bgr24")
+    return (np.ascontiguousarray(np.rot90(image, rotation // 90)) if rotation else image), None
+
+
+def turn_i420(yuv: np.ndarray, width: int, height: int, rotation: int) -> np.ndarray:
+    """I420 planes (Y, then U and V at half size, as one (3h/2, w) array) of a frame turned
+    `rotation` degrees counter-clockwise."""
+    quarters = rotation // 90
+    luma = np.rot90(yuv[:height], quarters)
+    chroma = np.rot90(yuv[height:].reshape(2, height // 2, width // 2), quarters, axes=(1, 2))
+    rows, cols = luma.shape
+    return np.concatenate([luma.reshape(-1), chroma.reshape(-1)]).reshape(rows * 3 // 2, cols)
 
 
 def _seconds(packet: av.Packet) -> float:

@@ -178,6 +178,8 @@ class VideoSummary:
     in_first_pass: bool = False  # stopped in the first of two passes: nothing written
     kept: bool = False  # stopped where an earlier result was: that result is kept as it was
     encoding: str = ""  # the written video's codecs and settings
+    rotation: int = 0  # degrees the frames were turned counter-clockwise to stand upright
+    rotated_by: str = ""  # what asked for the turn: the display matrix, or the rotate tag
     max_frames: int = 0  # the frame limit it ran with (0: none)
 
     @property
@@ -400,6 +402,8 @@ class VideoJob:
                 source.close()  # after the writer: the audio packets it muxed came from here
         summary.seconds = time.perf_counter() - started
         summary.broken = summary.broken or source.broken
+        summary.rotation = getattr(source, "rotation", 0)
+        summary.rotated_by = getattr(source, "rotated_by", "")
         summary.passes = detector.total_passes - passes
         summary.stages = {**self.profile.totals, **{
             stage: total - seconds.get(stage, 0.0)

@@ -1,14 +1,15 @@
-"""Detect faces and landmarks in a video file or a webcam stream with an SCRFD model.
+"""Detect faces and landmarks in videos or a webcam stream with an SCRFD model.
 
 Writes an annotated (or, with --blur, anonymised) video that keeps the source's timestamps
 (variable frame rates and start offsets too) and its audio, and one JSON line per frame
 (frame index, timestamp in seconds, faces with box, score and landmarks; with --blur, every
 blurred region with its face's track id), then prints a summary of frames, faces and where the
-time went. Decoding, inference and drawing/encoding run side by side, so the video goes at
-about the model's speed.
+time went. Decoding, inference and drawing/encoding run side by side, so a video goes at
+about the model's speed. A phone's portrait video is turned upright (its display matrix).
 
     python video_inference_fdlm.py --video data/fatboygang.mp4   # -> results/fatboygang_fdlm.mp4
     python video_inference_fdlm.py --video clip.mp4 --blur --two-pass --out /tmp/o/clip.webm
+    python video_inference_fdlm.py --video archive/ "more/*.mov" --blur --out /tmp/anonymised
     python video_inference_fdlm.py --webcam 0 --show             # stop with q, Esc or Ctrl-C
 
 .mp4 (H.264, the default) and .webm (VP9) play in browsers and phones, .mov and .mkv (H.264)
@@ -21,10 +22,10 @@ detection. --two-pass first detects the whole video, then also hides each face f
 --track-hold frames before its first detection. --verify then looks for faces again in every
 written frame (the run's model and a stronger one), and exits 1 if one is left.
 
-A video that breaks mid-way keeps every frame decoded before the break (with a warning).
-Ctrl-C or SIGTERM finishes the frames in hand (exit 130 or 143): the partial video and JSON
-lines appear if there was no earlier result there; an earlier result is kept as it was. The
-outputs appear together, and never replace an earlier result after an error.
+A video that breaks mid-way keeps every frame decoded before the break (with a warning); one
+that cannot be read is counted and skipped. Ctrl-C or SIGTERM finishes the frames in hand and
+ends the batch (exit 130 or 143): every finished video is kept, and the partial one appears if
+there was no earlier result there. Outputs never replace an earlier result after an error.
 """
 from __future__ import annotations
 
@@ -43,20 +44,23 @@ from scrfdkit.cli import (DEFAULT_MODEL, MODELS_DIR, RESULTS_DIR, WINDOW, Argume
                           show_frame, tile_setting)
 from scrfdkit.defaults import VIDEO_BLUR_SCORE_THRESHOLD
 from scrfdkit.errors import UserError
-from scrfdkit.files import check_output_folder
+from scrfdkit.files import VIDEO_FILE_SUFFIXES, check_output_folder, find_images
 from scrfdkit.metadata import metadata_path
 from scrfdkit.privacy import (DEFAULT_VERIFY_MODEL, VERIFY_SCORE, report_verification,
                               verifiers_for, verify_video)
-from scrfdkit.tiles import largest_tile_face
-from scrfdkit.video import open_source
+from scrfdkit.pipeline import StopRequests
+from scrfdkit.video import VideoUnreadable
 from scrfdkit.video_sink import VIDEO_SUFFIXES, check_encoding, spare_threads
-from scrfdkit.videos import (SUFFIX, EveryFrame, StopRequests, VideoOptions, VideoSummary,
-                             output_paths, run_video, video_detector)
+from scrfdkit.video_api import SUFFIX, output_names, output_paths
+from scrfdkit.videos import (EveryFrame, VideoOptions, VideoSummary, describe_detection,
+                             run_videos, video_detector)
 
 def parse_args(argv: list[str] | None = None):
     parser = ArgumentParser(__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--video", type=Path, metavar="FILE", help="video file to annotate")
+    source.add_argument("--video", nargs="+", metavar="PATH",
+                        help="video files, folders (searched recursively) or glob patterns; "
+                             "a video that cannot be read is counted, skipped, and the rest go on")
     source.add_argument("--webcam", type=camera_index, metavar="INDEX",
                         help="camera index (0 is the first camera); stop with Ctrl-C or "
                              "--max-frames")
@@ -65,11 +69,13 @@ def parse_args(argv: list[str] | None = None):
                              "models/scrfd500m_480x640_float32.tflite, made by the export scripts)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR,
                         help=f"output folder, giving <out>/<video stem>{SUFFIX}.mp4 (webcam: "
-                             f"webcam<INDEX>{SUFFIX}.mp4), or a file name ending in "
+                             f"webcam<INDEX>{SUFFIX}.mp4; videos sharing a stem keep their "
+                             "sub-folders), or for one video a file name ending in "
                              f"{'/'.join(sorted(VIDEO_SUFFIXES))} (default: results/): H.264 "
                              "in .mp4/.mov/.mkv, VP9 in .webm")
     parser.add_argument("--json", type=Path, default=None,
-                        help="JSON lines file, one line per frame (default: beside the video, "
+                        help="one video's JSON lines file, one line per frame (default: beside "
+                             "each video, "
                              f"<out>/<video stem>{SUFFIX}.jsonl, or for an --out file <that "
                              "file's name>.jsonl, so x.avi and x.mkv keep their own)")
     parser.add_argument("--max-frames", type=count, default=0,
@@ -102,53 +108,54 @@ def main(argv: list[str] | None = None) -> int:
     check_encoding(args.crf, args.preset)
     if args.crops is not None:
         check_output_folder(args.crops, "--crops")
-    source = open_source(args.video, args.webcam)
-    video_path, json_path = output_paths(args.out, args.json, source.stem, args.crops,
-                                         [args.video, args.model, metadata_path(args.model)])
+    passed_over: list[str] = []
+    exclude = [args.out] + ([args.crops] if args.crops else [])
+    videos = find_images(args.video, exclude, passed_over, VIDEO_FILE_SUFFIXES, {}) \
+        if args.video else [args.webcam]
+    if not videos:
+        raise UserError(f"no videos found in {' '.join(args.video)}")
+    names = output_names(videos) if args.video else [Path(f"webcam{args.webcam}")]
+    paths = output_paths(args.out, args.json, names, args.crops,
+                         [*videos[:len(args.video or ())], args.model, metadata_path(args.model)])
     options = VideoOptions.of(args, encoder_threads=spare_threads(args.threads))
     tile = tile_setting(args)
     detector = video_detector(model_path, options, tile, args.nms, args.max_faces, args.size,
                               args.threads)
     if args.crops and not detector.has_landmarks:
         raise UserError(f"--crops needs landmarks, and {display(model_path)} has none")
-    print(f"model {display(model_path)}: {detector.runner.backend}, input "
-          f"{detector.input_hw[0]}x{detector.input_hw[1]}, score >= {options.threshold:g}"
-          + (f" (tracked from {args.track_score:g}, held {args.track_hold} frames"
-             f"{', two passes' if args.two_pass else ''})" if args.blur else "")
-          + (f", tiled (faces up to {min(tile, largest_tile_face(detector.input_hw))} px whole "
-             "in a tile)" if tile else "")
-          + f"; source {source.name}: {source.total or 'unknown number of'} frames at "
-            f"{source.fps:.2f} fps")
+    print(f"model {display(model_path)}: {describe_detection(detector, options, tile)}"
+          + (f"; {len(videos)} videos" if len(videos) > 1 else ""))
     stop = StopRequests()
+    show = functools.partial(show_frame, WINDOW, stop) if args.show else None
     try:
-        summary = run_video(EveryFrame(detector), source, video_path, json_path, options, stop,
-                            functools.partial(show_frame, WINDOW, stop) if args.show else None)
+        batch = run_videos(EveryFrame(detector), videos, paths, options, stop, lambda source: print(
+            f"source {source.name}: {source.total or 'unknown number of'} frames at "
+            f"{source.fps:.2f} fps"), functools.partial(report, args, tile), show)
     finally:
         if args.show:
             cv2.destroyAllWindows()
-    if summary.in_first_pass:
-        print(f"{summary.stopped} in the first pass; nothing written", file=sys.stderr)
-        return 143 if stop.terminated else 130
-    report(args, summary, tile)
+    if len(videos) > 1:
+        print(f"videos: {len(videos)}: {len(batch.runs)} done, {len(batch.skipped)} skipped "
+              "(not a video, or damaged)" + f", {len(passed_over)} more passed over" *
+              bool(passed_over) + f"; {batch.frames} frames, {batch.faces} faces in "
+              f"{batch.seconds:.1f} s: {batch.frames / batch.seconds:.1f} fps overall")
     if stop.terminated:
         return 143
-    if summary.stopped.startswith("interrupted") and args.video is not None:
+    if stop.reason.startswith("interrupted") and args.video:
         return 130
-    return verify(args, detector, video_path, json_path) if args.verify else 0
+    return max((verify(args, detector, run.video, run.json) for run in batch.runs
+                if run.written), default=0) if args.verify else 0
 
 
-def report(args, run: VideoSummary, tile: int | None) -> None:
-    """What happened, and the summary: overall fps beside each stage's own fps."""
-    if run.kept:
-        print(f"{run.stopped} after {run.frames} frames; the earlier {display(run.video)} and "
-              f"{display(run.json)} are kept as they were", file=sys.stderr)
-    elif run.stopped:
-        print(f"{run.stopped} after {run.frames} frames; both outputs hold those frames",
-              file=sys.stderr)
-    elif run.truncated:
-        print(f"warning: {run.source} ended after {run.frames} of the "
-              f"{run.announced or 'unknown number of'} frames it announces (truncated or "
-              f"damaged?); kept the {run.frames} frames before the break", file=sys.stderr)
+def report(args, tile: int | None, run: VideoSummary | VideoUnreadable) -> None:
+    """What happened to one video, and its summary: overall fps beside each stage's own fps."""
+    if isinstance(run, VideoUnreadable):
+        print(f"warning: {run}; skipped", file=sys.stderr)
+        return
+    if run.outcome:
+        print(run.outcome, file=sys.stderr)
+    if run.in_first_pass:
+        return
     frames, seconds = run.frames, run.stages
     overall = frames / run.seconds
     model = frames / seconds["inference"] if seconds["inference"] else float("inf")

@@ -25,6 +25,11 @@ WEBCAM_TIME_BASE = Fraction(1, 1000)  # webcam frames are stamped in millisecond
 DISPLAYMATRIX = av.sidedata.sidedata.Type.DISPLAYMATRIX  # how a phone says "turn me upright"
 
 
+class VideoUnreadable(UserError):
+    """A file that is no video, or one without a single frame to decode: a batch counts it as
+    skipped and goes on."""
+
+
 @dataclass
 class Frame:
     """One decoded frame: BGR pixels, its timestamp, and the audio packets to mux beside it."""
@@ -48,17 +53,19 @@ class VideoSource:
 
     def __init__(self, path: Path) -> None:
         if not path.is_file():
-            raise UserError(f"no such video file: {path}")
+            raise VideoUnreadable(f"no such video file: {path}")
         if path.suffix.lower() in IMAGE_SUFFIXES:
-            raise UserError(f"{path} is a photo, not a video; use scrfd.py --image {path}")
+            raise VideoUnreadable(f"{path} is a photo, not a video; use scrfd.py --image "
+                                  f"{path}")
         try:
             self.container = av.open(str(path), metadata_errors="ignore")
         except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as err:
-            raise UserError(f"cannot open video {path}: not a video, or damaged (for example an "
-                            f".mp4 cut short before its index) ({_reason(err)})") from None
+            raise VideoUnreadable(f"cannot open video {path}: not a video, or damaged (for "
+                                  "example an .mp4 cut short before its index) "
+                                  f"({_reason(err)})") from None
         if not self.container.streams.video:
             self.container.close()
-            raise UserError(f"cannot open video {path}: it has no video stream")
+            raise VideoUnreadable(f"cannot open video {path}: it has no video stream")
         self.path, self.name, self.stem = path, str(path), path.stem
         self.stream = self.container.streams.video[0]
         self.stream.thread_type = "AUTO"  # frame and slice threads: 1080p decodes at 40+ fps

@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
-import threading
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -29,17 +27,16 @@ from .detector import SCRFD
 from .errors import UserError
 from .faces import ARCFACE_SIZE, VIDEO_BLUR_GROW, VIDEO_BLUR_SHAPE, aligned_crops, \
     anonymize_regions, grow
-from .files import (Output, StagedOutputs, check_output_file, check_output_folder,
-                    check_outputs)
+from .files import StagedOutputs, display
 from .photos import encode
-from .pipeline import WriteBehind, read_ahead
+from .pipeline import StopRequests, WriteBehind, read_ahead
+from .tiles import largest_tile_face
 from .timing import Profile
 from .tracker import DEFAULT_HOLD, DEFAULT_TRACK_SCORE, FaceTracker, Region, track_video
-from .video import Frame, VideoSource, WebcamSource
-from .video_sink import DEFAULT_PRESET, VIDEO_SUFFIXES, VideoSink, patch_yuv
+from .video import Frame, VideoSource, VideoUnreadable, WebcamSource
+from .video_sink import DEFAULT_PRESET, VideoSink, patch_yuv
 
 QUEUE_DEPTH = 8  # frames decoded ahead of, and drawn/encoded behind, the model
-SUFFIX = "_fdlm"  # <out>/<video stem>_fdlm.mp4 and .jsonl
 
 
 @dataclass(frozen=True)
@@ -92,6 +89,17 @@ def video_detector(model: str | os.PathLike, options: VideoOptions, tile: int | 
                  tile=tile is not None, tile_face=tile or TILE_FACE)
 
 
+def describe_detection(detector: SCRFD, options: VideoOptions, tile: int | None) -> str:
+    """'litert, input 480x640, score >= 0.3 (tracked from 0.2, held 2 frames), tiled (...)':
+    how the job detects, for the line a run starts with."""
+    return (f"{detector.runner.backend}, input {detector.input_hw[0]}x{detector.input_hw[1]}, "
+            f"score >= {options.threshold:g}"
+            + (f" (tracked from {options.track_score:g}, held {options.track_hold} frames"
+               f"{', two passes' if options.two_pass else ''})" if options.blur else "")
+            + (f", tiled (faces up to {min(tile, largest_tile_face(detector.input_hw))} px "
+               "whole in a tile)" if tile else ""))
+
+
 class EveryFrame:
     """The per-frame detection step, the one place run_video asks for a frame's faces: the
     detector on every frame. Another scheme (detecting fewer frames, say) stands in with the
@@ -107,49 +115,6 @@ class EveryFrame:
     def __call__(self, image: np.ndarray, prepared: object, cut: bool) -> Detections:
         """The frame's faces; `cut`: the frame starts a new shot."""
         return self.detector.detect_prepared(prepared)
-
-
-class StopRequests:
-    """Ctrl-C and SIGTERM, while inside `with`, only ask the job to stop: the frames in hand are
-    finished (video and JSON line together), so the outputs hold the same frames and the
-    video stays playable. Call it with a reason to ask from elsewhere (a window's q key).
-    Handlers are set only in the main thread (the only one Python lets set them)."""
-
-    def __init__(self) -> None:
-        self.reasons: list[str] = []
-        self._handlers: dict = {}
-        self._depth = 0
-
-    def __call__(self, reason: str) -> None:
-        self.reasons.append(reason)
-
-    def __bool__(self) -> bool:
-        return bool(self.reasons)
-
-    @property
-    def reason(self) -> str:
-        return self.reasons[0] if self.reasons else ""
-
-    @property
-    def terminated(self) -> bool:
-        return self.reason.startswith("terminated")
-
-    def _signalled(self, signum: int, _frame) -> None:
-        self("interrupted (Ctrl-C)" if signum == signal.SIGINT else "terminated (SIGTERM)")
-
-    def __enter__(self) -> "StopRequests":
-        self._depth += 1
-        if self._depth == 1 and threading.current_thread() is threading.main_thread():
-            self._handlers = {sig: signal.signal(sig, self._signalled)
-                              for sig in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._depth -= 1
-        if self._depth == 0:
-            for sig, handler in self._handlers.items():
-                signal.signal(sig, handler)
-            self._handlers = {}
 
 
 STAGES = (("decode", ("decode",)), ("preprocess", ("preprocess",)), ("model", ("inference",)),
@@ -187,6 +152,22 @@ class VideoSummary:
         """The outputs were renamed into place."""
         return not (self.kept or self.in_first_pass)
 
+    @property
+    def outcome(self) -> str:
+        """How the run ended, when the user must know it ("" when it went through)."""
+        if self.in_first_pass:
+            return f"{self.stopped} in the first pass; nothing written"
+        if self.kept:
+            return (f"{self.stopped} after {self.frames} frames; the earlier "
+                    f"{display(self.video)} and {display(self.json)} are kept as they were")
+        if self.stopped:
+            return f"{self.stopped} after {self.frames} frames; both outputs hold those frames"
+        if self.truncated:
+            return (f"warning: {self.source} ended after {self.frames} of the "
+                    f"{self.announced or 'unknown number of'} frames it announces (truncated "
+                    f"or damaged?); kept the {self.frames} frames before the break")
+        return ""
+
     def stage_seconds(self) -> dict[str, float]:
         """Seconds per stage as the summary names them (tracking only with blur); the stages
         overlap, so the slowest one sets the pace."""
@@ -200,28 +181,13 @@ class VideoSummary:
                                          and self.frames != self.max_frames)
 
 
-def output_paths(out: Path, json_path: Path | None, stem: str, crops: Path | None = None,
-                 inputs: list = ()) -> tuple[Path, Path]:
-    """<out>/<stem>_fdlm.mp4 and .jsonl, or the file `out` names and <its name>.jsonl,
-    checked against the inputs (video, model and sidecar; None is skipped) and each other
-    before any work."""
-    if out.suffix.lower() in VIDEO_SUFFIXES:
-        video = check_output_file(out, "--out")
-        default_json = video.with_name(video.name + ".jsonl")
-    elif out.suffix and not out.is_dir():
-        raise UserError(f"--out {out}: give a folder or a video file ending in "
-                        f"{'/'.join(sorted(VIDEO_SUFFIXES))}")
-    else:
-        video = check_output_folder(out, "--out") / f"{stem}{SUFFIX}.mp4"
-        default_json = video.with_suffix(".jsonl")
-    json_path = check_output_file(json_path or default_json, "--json")
-    planned = [Output("--out", video), Output("--json", json_path)]
-    if crops is not None:
-        planned.append(Output("--crops", crops, f"--crops {crops}: the crops "
-                              f"{stem}_frame<N>_face<M>.png", stem=stem,
-                              tail=r"_frame\d+_face\d+\.png"))
-    check_outputs(planned, [path for path in inputs if path is not None])
-    return video, json_path
+@dataclass(frozen=True)
+class VideoPaths:
+    """Where one video's results go."""
+
+    video: Path
+    json: Path
+    name: str  # the crops' names start with it: <crops>/<name>_frame<N>_face<M>.png
 
 
 def region_records(regions: list[Region], grown: np.ndarray, shape: str) -> list[dict]:
@@ -240,10 +206,11 @@ class VideoJob:
 
     def __init__(self, step: EveryFrame, source: VideoSource | WebcamSource,
                  options: VideoOptions, stop: StopRequests,
-                 on_frame: Callable[[np.ndarray], None] | None = None, progress: bool = True
-                 ) -> None:
+                 on_frame: Callable[[np.ndarray], None] | None = None, progress: bool = True,
+                 crop_name: str | None = None) -> None:
         self.step, self.source, self.options, self.stop = step, source, options, stop
         self.on_frame, self.progress = on_frame, progress
+        self.crop_name = crop_name or source.stem
         self.threshold = options.threshold
         self.profile = Profile()
         self.cuts = CutDetector()
@@ -300,7 +267,7 @@ class VideoJob:
         if self.stop:
             return None
         if not found:
-            raise UserError(f"no frames could be decoded from {self.source.name}")
+            raise VideoUnreadable(f"no frames could be decoded from {self.source.name}")
         with self.profile("track"):
             tracked = track_video([(d.boxes, d.scores) for d in found], self.threshold,
                                   self.options.track_score, self.options.track_hold, True,
@@ -335,7 +302,7 @@ class VideoJob:
             sink.write(shown, frame.pts, frame.audio, yuv)
             if options.crops is not None:
                 for face, crop in enumerate(aligned_crops(frame.image, faces, options.crop_size)):
-                    crop_path = options.crops / f"{self.source.stem}_frame{index:06d}_face{face}.png"
+                    crop_path = options.crops / f"{self.crop_name}_frame{index:06d}_face{face}.png"
                     staged.write_bytes(crop_path, encode(crop_path, crop))
                     record["faces"][face]["crop"] = str(crop_path)
             self.lines.append(json.dumps(record) + "\n")
@@ -364,7 +331,7 @@ class VideoJob:
                 bar.update()
         summary.encoding = sink.describe()
         if not summary.frames:
-            raise UserError(f"no frames could be decoded from {source.name}")
+            raise VideoUnreadable(f"no frames could be decoded from {source.name}")
         staged.path(summary.json).write_text("".join(self.lines))
 
     def run(self, video_path: Path, json_path: Path) -> VideoSummary:
@@ -414,14 +381,70 @@ class VideoJob:
 def run_video(step: EveryFrame, source: VideoSource | WebcamSource, video_path: Path,
               json_path: Path, options: VideoOptions = VideoOptions(),
               stop: StopRequests | None = None,
-              on_frame: Callable[[np.ndarray], None] | None = None, progress: bool = True
-              ) -> VideoSummary:
+              on_frame: Callable[[np.ndarray], None] | None = None, progress: bool = True,
+              crop_name: str | None = None) -> VideoSummary:
     """Detect, follow, blur or draw, and write one video: `video_path` and `json_path` appear
     together when it ends, and never replace an earlier result after an error or, for a file,
     after a stop request (Ctrl-C, SIGTERM or `stop`). `on_frame(image)` sees every written
-    frame (on the writer thread). Closes `source`. UserError when no frame decodes."""
+    frame (on the writer thread); crops are named <crop_name>_frame<N>_face<M>.png (default:
+    the source's stem). Closes `source`. VideoUnreadable when no frame decodes."""
     if options.two_pass and not isinstance(source, VideoSource):
         raise UserError("two passes need a video file (a camera cannot be read twice)")
     job = VideoJob(step, source, options, StopRequests() if stop is None else stop, on_frame,
-                   progress)
+                   progress, crop_name)
     return job.run(video_path, json_path)
+
+
+@dataclass
+class BatchSummary:
+    """A run over several videos: each one's summary, and why each skipped one was."""
+
+    given: int  # videos found
+    runs: list[VideoSummary] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def frames(self) -> int:
+        return sum(run.frames for run in self.runs)
+
+    @property
+    def faces(self) -> int:
+        return sum(run.faces for run in self.runs)
+
+
+def run_videos(step: EveryFrame, videos: list[Path | int], paths: list[VideoPaths],
+               options: VideoOptions = VideoOptions(), stop: StopRequests | None = None,
+               started: Callable[[VideoSource], None] = lambda source: None,
+               done: Callable[[VideoSummary | VideoUnreadable], None] = lambda result: None,
+               on_frame: Callable[[np.ndarray], None] | None = None, progress: bool = True
+               ) -> BatchSummary:
+    """Every video (a file, or an int: a camera) through run_video() in turn, `started(source)`
+    before and `done(summary)` after each. A video that is no video or has no frame to
+    decode is skipped (`done(error)`) and the batch goes on; a stop
+    request finishes the frames in hand of the current video and ends the batch, every
+    completed video kept. UserError when none could be used (a single video: its own error).
+    """
+    stop = StopRequests() if stop is None else stop
+    batch, began = BatchSummary(len(videos)), time.perf_counter()
+    with stop:
+        for video, where in zip(videos, paths):
+            if stop:
+                break
+            try:
+                source = WebcamSource(video) if isinstance(video, int) else VideoSource(video)
+                started(source)
+                run = run_video(step, source, where.video, where.json, options, stop, on_frame,
+                                progress, where.name)
+            except VideoUnreadable as err:
+                if len(videos) == 1:
+                    raise
+                batch.skipped.append(str(err))
+                done(err)
+                continue
+            batch.runs.append(run)
+            done(run)
+    batch.seconds = time.perf_counter() - began
+    if batch.skipped and not batch.runs:
+        raise UserError(f"none of the {len(videos)} videos could be read (see the warnings)")
+    return batch

@@ -25,7 +25,7 @@ from .files import Output, check_output_file, check_output_folder, check_outputs
 from .metadata import metadata_path
 from .pipeline import StopRequests
 from .video import VideoSource, WebcamSource
-from .video_sink import VIDEO_SUFFIXES
+from .video_sink import VIDEO_SUFFIXES, spare_threads
 from .videos import (EveryFrame, VideoJob, VideoOptions, VideoPaths, VideoSummary, run_video,
                      video_detector)
 
@@ -98,6 +98,7 @@ def _prepared(model: SCRFD | str | os.PathLike, tile: int | bool | None, nms: fl
               ) -> tuple[EveryFrame, VideoOptions]:
     """The detection step and the options for the API's keyword arguments, as the script
     makes them from its options (tile None: on with blur, as --blur's default)."""
+    options.setdefault("encoder_threads", spare_threads(threads))  # as the script does
     video_options = VideoOptions(**options)
     if isinstance(model, SCRFD):  # used as it is made: its threshold is where faces start
         return EveryFrame(model), video_options

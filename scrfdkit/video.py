@@ -37,7 +37,7 @@ class Frame:
     image: np.ndarray
     pts: int  # in the source's time base
     time: float  # seconds on the source's clock (its start offset included)
-    audio: list = field(default_factory=list)  # av.Packet of the source's audio streams
+    audio: list = field(default_factory=list)  # av.Packet of the source's audio and subtitles
     yuv: np.ndarray | None = None  # the decoded 4:2:0 planes (I420), when the source has them
 
 
@@ -70,6 +70,7 @@ class VideoSource:
         self.stream = self.container.streams.video[0]
         self.stream.thread_type = "AUTO"  # frame and slice threads: 1080p decodes at 40+ fps
         self.audio = list(self.container.streams.audio)
+        self.subtitles = list(self.container.streams.subtitles)
         self.time_base = self.stream.time_base or Fraction(1, 90000)
         rate = self.stream.average_rate or self.stream.guessed_rate
         self.fps = float(rate) if rate and 0 < float(rate) <= 1000 else FALLBACK_FPS
@@ -96,8 +97,8 @@ class VideoSource:
         audio: list = []
         count, last_pts, end = 0, None, None
         try:
-            for packet in self.container.demux(self.stream, *self.audio):
-                if packet.stream.type == "audio":
+            for packet in self.container.demux(self.stream, *self.audio, *self.subtitles):
+                if packet.stream.type != "video":  # audio and subtitles go with their frame
                     if packet.dts is None:
                         continue  # a flush marker, no data
                     if end is not None and _seconds(packet) >= end:
@@ -121,7 +122,7 @@ class VideoSource:
                     if limit and count >= limit:
                         end = held.time + float(step * self.time_base)
                         break
-                if end is not None and not self.audio:
+                if end is not None and not (self.audio or self.subtitles):
                     break
         except av.error.FFmpegError as err:
             self.broken = _reason(err)
@@ -147,6 +148,7 @@ class WebcamSource:
     """A camera through OpenCV; frames are stamped at the camera's nominal rate."""
 
     audio: list = []
+    subtitles: list = []
     time_base = WEBCAM_TIME_BASE
     total = None
     broken = ""

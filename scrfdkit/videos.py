@@ -145,6 +145,7 @@ class VideoSummary:
     encoding: str = ""  # the written video's codecs and settings
     rotation: int = 0  # degrees the frames were turned counter-clockwise to stand upright
     rotated_by: str = ""  # what asked for the turn: the display matrix, or the rotate tag
+    left_out: list[str] = field(default_factory=list)  # side streams the output cannot hold
     max_frames: int = 0  # the frame limit it ran with (0: none)
 
     @property
@@ -329,7 +330,7 @@ class VideoJob:
                     summary.blurred += len(regions or ())
                 bar.set_postfix(faces=summary.faces, refresh=False)
                 bar.update()
-        summary.encoding = sink.describe()
+        summary.encoding, summary.left_out = sink.describe(), sink.left_out
         if not summary.frames:
             raise VideoUnreadable(f"no frames could be decoded from {source.name}")
         staged.path(summary.json).write_text("".join(self.lines))

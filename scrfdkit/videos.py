@@ -19,7 +19,6 @@ from typing import Callable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from .cuts import CutDetector
 from .defaults import (DEFAULT_THREADS, NMS_THRESHOLD, SCORE_THRESHOLD, TILE_FACE,
                        VIDEO_BLUR_SCORE_THRESHOLD)
 from .detections import Detections, draw_detections
@@ -32,7 +31,8 @@ from .photos import encode
 from .pipeline import StopRequests, WriteBehind, read_ahead
 from .tiles import largest_tile_face
 from .timing import Profile
-from .tracker import DEFAULT_HOLD, DEFAULT_TRACK_SCORE, FaceTracker, Region, track_video
+from .tracker import (DEFAULT_HOLD, DEFAULT_TRACK_SCORE, CutDetector, FaceTracker, Region,
+                      track_video)
 from .video import Frame, VideoSource, VideoUnreadable, WebcamSource
 from .video_sink import DEFAULT_PRESET, VideoSink, patch_yuv
 

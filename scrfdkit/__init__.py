@@ -1,7 +1,8 @@
 """scrfdkit: the library behind the scrFDOnlyInference scripts.
 
-    from . import SCRFD, read_image
+    from scrfdkit import SCRFD, read_image
     faces = SCRFD("models/scrfd500m_480x640_float32.tflite").detect(read_image("photo.jpg"))
+    # videos: video_faces() (each frame's faces) and anonymise_video() (a blurred copy)
 
 TensorFlow is never imported here, so inference starts fast and small.
 """
@@ -17,4 +18,15 @@ from .detector import SCRFD  # noqa: E402
 from .errors import UserError  # noqa: E402
 from .files import read_image  # noqa: E402
 
-__all__ = ["SCRFD", "Detections", "UserError", "draw_detections", "read_image"]
+__all__ = ["SCRFD", "Detections", "UserError", "anonymise_video", "draw_detections", "read_image",
+           "video_faces"]
+VIDEO_API = ("anonymise_video", "video_faces")  # scrfdkit/video_api.py: PyAV is imported when used
+
+
+def __getattr__(name: str):
+    """The video API on first use, so `import scrfdkit` for photos does not load PyAV."""
+    if name in VIDEO_API:
+        from .video_api import anonymise_video, video_faces
+
+        return {"anonymise_video": anonymise_video, "video_faces": video_faces}[name]
+    raise AttributeError(f"module 'scrfdkit' has no attribute {name!r}")

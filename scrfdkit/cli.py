@@ -384,3 +384,67 @@ def check_verify_options(args: argparse.Namespace) -> None:
         raise UserError("--verify checks what --blur hid; add --blur")
     if args.verify and getattr(args, "webcam", None) is not None:
         raise UserError("--verify reads the written video back: give a --video file")
+
+
+def add_video_blur_arguments(parser: argparse.ArgumentParser) -> None:
+    """The video script's anonymising options: the blurred shape, and how faces are followed."""
+    from .faces import BLUR_SHAPES, VIDEO_BLUR_GROW, VIDEO_BLUR_SHAPE
+    from .tracker import DEFAULT_HOLD, DEFAULT_TRACK_SCORE
+
+    blur = parser.add_argument_group("anonymising (--blur)")
+    blur.add_argument("--blur-shape", choices=BLUR_SHAPES, default=VIDEO_BLUR_SHAPE,
+                      help=f"blur the face's grown box or the ellipse inside it (default "
+                           f"{VIDEO_BLUR_SHAPE})")
+    blur.add_argument("--blur-grow", type=float, default=VIDEO_BLUR_GROW, metavar="F",
+                      help=f"each side of a face grows by this fraction of its size before "
+                           f"blurring, 0..2 (default {VIDEO_BLUR_GROW})")
+    blur.add_argument("--track-score", type=fraction, default=DEFAULT_TRACK_SCORE,
+                      help="detections from this score, below --score, may continue a "
+                           f"followed face but never start one (default {DEFAULT_TRACK_SCORE})")
+    blur.add_argument("--track-hold", type=count, default=DEFAULT_HOLD, metavar="FRAMES",
+                      help="a missed face stays blurred at its predicted place for this many "
+                           f"frames (default {DEFAULT_HOLD}; 0 and --track-score equal to "
+                           "--score: no tracking)")
+    blur.add_argument("--two-pass", action="store_true",
+                      help="detect the whole video first, then also blur each face for "
+                           "--track-hold frames before its first detection (video files only)")
+
+
+def add_video_encoding_arguments(parser: argparse.ArgumentParser) -> None:
+    """--crf and --preset: the quality and speed of the video encoder."""
+    from .video_sink import DEFAULT_CRF, DEFAULT_PRESET, PRESET_HELP, PRESETS
+
+    parser.add_argument("--crf", type=int, default=None,
+                        help="video quality, 0..51, lower is better and bigger (default "
+                             f"{DEFAULT_CRF['libx264']} for H.264, {DEFAULT_CRF['libvpx-vp9']} "
+                             "for VP9)")
+    parser.add_argument("--preset", default=DEFAULT_PRESET, metavar="NAME",
+                        help=f"encoder speed: auto, {', '.join(PRESETS)}; slower gives smaller "
+                             f"files at the same quality (default {DEFAULT_PRESET}; "
+                             f"{PRESET_HELP})")
+
+
+WINDOW = "SCRFD faces (q or Esc to stop)"  # the video script's --show window
+
+
+def open_window(title: str) -> None:
+    """Fail early and in one line without a display (OpenCV's Qt would abort the process)."""
+    import cv2
+
+    headless = sys.platform.startswith("linux") and not (os.environ.get("DISPLAY")
+                                                         or os.environ.get("WAYLAND_DISPLAY"))
+    try:
+        if headless:
+            raise cv2.error("no display")
+        cv2.namedWindow(title, cv2.WINDOW_NORMAL)
+    except cv2.error:
+        raise UserError("cannot open a window (no display?); run without --show") from None
+
+
+def show_frame(title: str, stop: Callable[[str], None], image) -> None:
+    """--show: each written frame in the window; q or Esc asks the run to stop."""
+    import cv2
+
+    cv2.imshow(title, image)
+    if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+        stop("stopped from the window")

@@ -29,14 +29,20 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".we
                   ".pic"}  # every format OpenCV reads, so a folder scan finds every photo
 UNREADABLE_SUFFIXES = {".gif": "GIF", ".heic": "HEIC", ".heif": "HEIF", ".avif": "AVIF"}  # photos
 # OpenCV cannot read: a folder scan names each one (a counted warning) instead of passing over it
+VIDEO_FILE_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".wmv", ".flv", ".mpg",
+                       ".mpeg", ".ts", ".mts", ".m2ts", ".3gp", ".ogv", ".mxf", ".dv",
+                       ".vob"}  # what a folder scan for videos takes (FFmpeg reads more)
 NAME_MAX = 255  # bytes in one file name, where the filesystem does not say (ext4, XFS, tmpfs...)
 STDOUT = "-"  # an output option given as "-": write to standard output (where the script allows)
 
 
 def find_images(patterns: Sequence[str | os.PathLike], exclude: Sequence[str | os.PathLike] = (),
-                skipped: list[str] | None = None) -> list[Path]:
+                skipped: list[str] | None = None, suffixes: set[str] = IMAGE_SUFFIXES,
+                unreadable: Mapping[str, str] = UNREADABLE_SUFFIXES) -> list[Path]:
     """Expand files, folders (recursively, through symbolic links) and glob patterns into a
     sorted list of images, each file once however often or under whatever name it is given.
+    (`suffixes`: what a folder scan takes, VIDEO_FILE_SUFFIXES for videos; `unreadable`: the
+    formats it names as skipped.)
 
     Folders under `exclude` (a run's own output folder, say) are never searched, so results
     written inside the input folder are not read back as inputs on the next run. What a folder
@@ -58,7 +64,7 @@ def find_images(patterns: Sequence[str | os.PathLike], exclude: Sequence[str | o
     for pattern in patterns:
         path = Path(pattern)
         if path.is_dir():
-            found += scan_folder(path, wanted, warn)
+            found += scan_folder(path, wanted, warn, suffixes, unreadable)
         elif path.is_file():
             found.append(path)
         elif any(ch in str(pattern) for ch in "*?["):
@@ -93,7 +99,8 @@ def unique_files(paths: Iterable[Path]) -> list[Path]:
     return list(first.values())
 
 
-def scan_folder(folder: Path, wanted, warn) -> list[Path]:
+def scan_folder(folder: Path, wanted, warn, suffixes: set[str] = IMAGE_SUFFIXES,
+                unreadable: Mapping[str, str] = UNREADABLE_SUFFIXES) -> list[Path]:
     """The images under `folder`, sorted; symbolic links are followed, each folder searched
     once, and broken links, link loops and unreadable formats passed to warn()."""
     found: list[Path] = []
@@ -126,10 +133,10 @@ def scan_folder(folder: Path, wanted, warn) -> list[Path]:
                 continue
             if entry.is_dir():
                 walk(path, above + (key,))
-            elif path.suffix.lower() in IMAGE_SUFFIXES and entry.is_file() and wanted(path):
+            elif path.suffix.lower() in suffixes and entry.is_file() and wanted(path):
                 found.append(path)
-            elif path.suffix.lower() in UNREADABLE_SUFFIXES and wanted(path):
-                warn(f"{path} is {with_article(UNREADABLE_SUFFIXES[path.suffix.lower()])} file, which "
+            elif path.suffix.lower() in unreadable and wanted(path):
+                warn(f"{path} is {with_article(unreadable[path.suffix.lower()])} file, which "
                      "OpenCV cannot read; skipped (convert it to JPEG or PNG)")
 
     walk(folder, ())

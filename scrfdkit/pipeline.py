@@ -1,4 +1,5 @@
-"""Overlap reading, inference and writing: one thread reads ahead, one writes behind.
+"""Overlap reading, inference and writing: one thread reads ahead, one writes behind; and stop
+requests (Ctrl-C, SIGTERM) that let a run finish what it holds.
 
 The model keeps the main thread (and its own worker threads); decoding and encoding run
 beside it, since OpenCV and the runtimes release the GIL. Queues are bounded, so memory
@@ -7,6 +8,7 @@ stays flat, and order is kept, so outputs line up with inputs exactly as in a pl
 from __future__ import annotations
 
 import queue
+import signal
 import threading
 from typing import Callable, Iterable, Iterator, TypeVar
 
@@ -106,3 +108,46 @@ class WriteBehind:
             self._thread.join(POLL_SECONDS)
         if exc[0] is None:
             self._raise_error()
+
+
+class StopRequests:
+    """Ctrl-C and SIGTERM, while inside `with`, only ask the job to stop: the frames in hand are
+    finished (video and JSON line together), so the outputs hold the same frames and the
+    video stays playable. Call it with a reason to ask from elsewhere (a window's q key).
+    Handlers are set only in the main thread (the only one Python lets set them)."""
+
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+        self._handlers: dict = {}
+        self._depth = 0
+
+    def __call__(self, reason: str) -> None:
+        self.reasons.append(reason)
+
+    def __bool__(self) -> bool:
+        return bool(self.reasons)
+
+    @property
+    def reason(self) -> str:
+        return self.reasons[0] if self.reasons else ""
+
+    @property
+    def terminated(self) -> bool:
+        return self.reason.startswith("terminated")
+
+    def _signalled(self, signum: int, _frame) -> None:
+        self("interrupted (Ctrl-C)" if signum == signal.SIGINT else "terminated (SIGTERM)")
+
+    def __enter__(self) -> "StopRequests":
+        self._depth += 1
+        if self._depth == 1 and threading.current_thread() is threading.main_thread():
+            self._handlers = {sig: signal.signal(sig, self._signalled)
+                              for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            for sig, handler in self._handlers.items():
+                signal.signal(sig, handler)
+            self._handlers = {}

@@ -1,15 +1,12 @@
-"""Video in and out through PyAV (FFmpeg's libraries): frames as a generator that carries each
-frame's source timestamp and the audio packets around it, and a writer context (VideoSink)
-that encodes H.264 or VP9 with those timestamps and copies the audio.
+"""Video in through PyAV (FFmpeg's libraries): frames as a generator that carries each frame's
+source timestamp and the audio packets around it. Writing is video_sink.py.
 
-Why PyAV and not cv2.VideoWriter: OpenCV's writer knows no audio, no timestamps (a variable
-frame rate or a stream start offset is lost) and, in its wheels, no H.264; browsers and phones
-play H.264 and VP9, and a published clip keeps its sound. Webcams stay on OpenCV.
+Why PyAV and not cv2.VideoCapture for files: OpenCV's reader knows no audio and no source
+timestamps (a variable frame rate or a stream start offset is lost). Webcams stay on OpenCV.
 """
 from __future__ import annotations
 
 import math
-import os
 import sys
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -21,51 +18,16 @@ import cv2
 import numpy as np
 
 from .errors import UserError
-from .files import IMAGE_SUFFIXES, StagedOutputs, opencv_quiet
+from .files import IMAGE_SUFFIXES, opencv_quiet
 
 FALLBACK_FPS = 30.0  # when the source does not say (many webcams)
 WEBCAM_TIME_BASE = Fraction(1, 1000)  # webcam frames are stamped in milliseconds
+DISPLAYMATRIX = av.sidedata.sidedata.Type.DISPLAYMATRIX  # how a phone says "turn me upright"
 
 
-@dataclass(frozen=True)
-class OutputFormat:
-    """How one container is written: its muxer, video codec, and what happens to audio."""
-
-    muxer: str  # FFmpeg's name for the container
-    video_codec: str
-    audio_codec: str  # what audio is re-encoded to when the container cannot hold the source's
-    audio_copy: frozenset[str] | None  # audio codecs copied as they are (None: every codec)
-    options: dict = field(default_factory=dict)  # muxer options
-
-
-MP4_AUDIO = frozenset({"aac", "mp3", "ac3", "eac3", "alac", "flac", "opus"})
-OUTPUT_FORMATS = {
-    # faststart: the index goes in front, so a browser starts playing before the download ends
-    ".mp4": OutputFormat("mp4", "libx264", "aac", MP4_AUDIO, {"movflags": "+faststart"}),
-    ".mov": OutputFormat("mov", "libx264", "aac", MP4_AUDIO | {"pcm_s16le", "pcm_s16be",
-                                                             "pcm_s24le", "pcm_f32le"},
-                         {"movflags": "+faststart"}),
-    ".mkv": OutputFormat("matroska", "libx264", "aac", None),
-    ".webm": OutputFormat("webm", "libvpx-vp9", "libopus", frozenset({"opus", "vorbis"})),
-}
-VIDEO_SUFFIXES = set(OUTPUT_FORMATS)
-CODEC_NAMES = {"libx264": "H.264", "libvpx-vp9": "VP9", "aac": "AAC", "libopus": "Opus"}
-# x264's presets, fastest first; VP9 gets the same scale through libvpx's cpu-used (8..0).
-PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
-           "veryslow")
-DEFAULT_PRESET = "auto"  # H264_AUTO_PRESET for H.264, by frame size for VP9 (AUTO_PRESETS)
-# H.264: medium at crf 23, what deface 1.5.0 writes (x264's own defaults), and of the presets
-# the one that gives deface-sized files at deface's quality. On walking_1080p's --blur frames,
-# one thread (docs/video.md, tests/tools/encoder_sweep.py): medium 1.80 MB, 44.3 dB luma PSNR,
-# 88 ms of CPU a frame; faster 1.85 MB, 44.1 dB, 60 ms; veryfast 1.61 MB but 42.6 dB, 35 ms;
-# ultrafast 5.41 MB (3x), 42.3 dB, 11 ms.
-H264_AUTO_PRESET = "medium"
-# VP9: the slowest setting whose encoding stays off the critical path on a 2-core CPU (libvpx
-# at medium's cpu-used 3 takes 250 ms of CPU a 1080p frame, at realtime cpu-used 8 50 ms).
-AUTO_PRESETS = ((540 * 960, "veryfast"), (720 * 1280, "superfast"), (None, "ultrafast"))
-PRESET_HELP = (f"auto: {H264_AUTO_PRESET} for H.264, x264's and deface's own, for files the "
-               "size of deface's; for VP9 the fastest that keeps up with the model on 2 cores")
-DEFAULT_CRF = {"libx264": 23, "libvpx-vp9": 32}  # each encoder's own "good" quality
+class VideoUnreadable(UserError):
+    """A file that is no video, or one without a single frame to decode: a batch counts it as
+    skipped and goes on."""
 
 
 @dataclass
@@ -75,7 +37,7 @@ class Frame:
     image: np.ndarray
     pts: int  # in the source's time base
     time: float  # seconds on the source's clock (its start offset included)
-    audio: list = field(default_factory=list)  # av.Packet of the source's audio streams
+    audio: list = field(default_factory=list)  # av.Packet of the source's audio and subtitles
     yuv: np.ndarray | None = None  # the decoded 4:2:0 planes (I420), when the source has them
 
 
@@ -91,26 +53,32 @@ class VideoSource:
 
     def __init__(self, path: Path) -> None:
         if not path.is_file():
-            raise UserError(f"no such video file: {path}")
+            raise VideoUnreadable(f"no such video file: {path}")
         if path.suffix.lower() in IMAGE_SUFFIXES:
-            raise UserError(f"{path} is a photo, not a video; use scrfd.py --image {path}")
+            raise VideoUnreadable(f"{path} is a photo, not a video; use scrfd.py --image "
+                                  f"{path}")
         try:
             self.container = av.open(str(path), metadata_errors="ignore")
         except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as err:
-            raise UserError(f"cannot open video {path}: not a video, or damaged (for example an "
-                            f".mp4 cut short before its index) ({_reason(err)})") from None
+            raise VideoUnreadable(f"cannot open video {path}: not a video, or damaged (for "
+                                  "example an .mp4 cut short before its index) "
+                                  f"({_reason(err)})") from None
         if not self.container.streams.video:
             self.container.close()
-            raise UserError(f"cannot open video {path}: it has no video stream")
-        self.name, self.stem = str(path), path.stem
+            raise VideoUnreadable(f"cannot open video {path}: it has no video stream")
+        self.path, self.name, self.stem = path, str(path), path.stem
         self.stream = self.container.streams.video[0]
         self.stream.thread_type = "AUTO"  # frame and slice threads: 1080p decodes at 40+ fps
         self.audio = list(self.container.streams.audio)
+        self.subtitles = list(self.container.streams.subtitles)
         self.time_base = self.stream.time_base or Fraction(1, 90000)
         rate = self.stream.average_rate or self.stream.guessed_rate
         self.fps = float(rate) if rate and 0 < float(rate) <= 1000 else FALLBACK_FPS
         self.total = self.stream.frames or self._estimated_frames()
         self.broken = ""
+        self.legacy_rotation = legacy_rotation(self.stream.metadata)
+        self.rotation = 0  # degrees counter-clockwise the frames are turned (see upright())
+        self.rotated_by = ""  # what asked for it: "display matrix" or "rotate tag"
 
     def _estimated_frames(self) -> int | None:
         """Containers without a frame count (Matroska): duration x rate, as OpenCV does."""
@@ -129,8 +97,8 @@ class VideoSource:
         audio: list = []
         count, last_pts, end = 0, None, None
         try:
-            for packet in self.container.demux(self.stream, *self.audio):
-                if packet.stream.type == "audio":
+            for packet in self.container.demux(self.stream, *self.audio, *self.subtitles):
+                if packet.stream.type != "video":  # audio and subtitles go with their frame
                     if packet.dts is None:
                         continue  # a flush marker, no data
                     if end is not None and _seconds(packet) >= end:
@@ -147,19 +115,24 @@ class VideoSource:
                     if held is not None:
                         held.audio, audio = audio, []
                         yield held
-                    image, yuv = to_bgr(decoded)
+                    self.rotation, self.rotated_by = upright(decoded, self.legacy_rotation)
+                    image, yuv = to_bgr(decoded, self.rotation)
                     held = Frame(image, pts, float(pts * self.time_base), yuv=yuv)
                     count += 1
                     if limit and count >= limit:
                         end = held.time + float(step * self.time_base)
                         break
-                if end is not None and not self.audio:
+                if end is not None and not (self.audio or self.subtitles):
                     break
         except av.error.FFmpegError as err:
             self.broken = _reason(err)
         if held is not None:
             held.audio = [p for p in audio if end is None or _seconds(p) < end]
             yield held
+
+    def reopen(self) -> "VideoSource":
+        """The same file opened again, from its first frame (the second of two passes)."""
+        return VideoSource(self.path)
 
     def close(self) -> None:
         self.container.close()
@@ -175,6 +148,7 @@ class WebcamSource:
     """A camera through OpenCV; frames are stamped at the camera's nominal rate."""
 
     audio: list = []
+    subtitles: list = []
     time_base = WEBCAM_TIME_BASE
     total = None
     broken = ""
@@ -219,218 +193,53 @@ def open_source(video: Path | None, webcam: int | None) -> VideoSource | WebcamS
     return VideoSource(video) if video is not None else WebcamSource(webcam)
 
 
-def spare_threads(model_threads: int) -> int:
-    """Encoder threads: the cores the model leaves free, at least one. On 2 cores a
-    single-threaded x264 spends 14 ms of CPU on a 1080p frame against 17 ms with its own
-    choice of 3 threads, and 1080p --blur keeps 83-86% of the model's fps instead of 61-87%.
-    (The decoder keeps FFmpeg's choice: one thread halved its rate.)"""
-    return max(1, (os.cpu_count() or 1) - model_threads)
+def legacy_rotation(metadata: dict) -> int:
+    """The old `rotate` tag (clockwise degrees, as phones and older FFmpeg wrote it; Matroska
+    keeps it as ROTATE), as counter-clockwise degrees; 0 without one."""
+    tag = next((value for key, value in metadata.items() if key.lower() == "rotate"), None)
+    try:
+        return -round(float(tag) / 90) * 90 % 360 if tag is not None else 0
+    except ValueError:
+        return 0
 
 
-def to_bgr(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray | None]:
-    """BGR pixels, and the I420 planes when the frame is 8-bit 4:2:0 of an even size (most
-    videos): VideoSink can then encode the decoded planes themselves with only the blurred
-    regions converted back, so pixels nobody blurred reach the encoder exactly as decoded."""
+def upright(frame: av.VideoFrame, legacy: int = 0) -> tuple[int, str]:
+    """Degrees (0, 90, 180 or 270) to turn a decoded frame counter-clockwise so it stands as
+    players show it, and what said so: its display matrix (what phones write for a portrait
+    video), else the legacy rotate tag. Other angles go to the nearest quarter turn."""
+    if any(data.type == DISPLAYMATRIX for data in frame.side_data):
+        return round(frame.rotation / 90) * 90 % 360, "display matrix"
+    return legacy, "rotate tag"
+
+
+def to_bgr(frame: av.VideoFrame, rotation: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """BGR pixels turned `rotation` degrees counter-clockwise, and the I420 planes when the
+    frame is 8-bit 4:2:0 of an even size (most videos): VideoSink can then encode the decoded
+    planes themselves with only the blurred regions converted back, so pixels nobody blurred
+    reach the encoder exactly as decoded. Planes are turned before the conversion: a 2x2
+    chroma block stays one, so both give the same pixels."""
     even = not frame.width % 2 and not frame.height % 2
     if frame.format.name in ("yuv420p", "yuvj420p") and even:
         yuv = frame.to_ndarray(format="yuv420p")
+        if rotation:
+            yuv = turn_i420(yuv, frame.width, frame.height, rotation)
         return cv2.cvtColor(yuv, cv2.COLOR_YUV2BGR_I420), yuv
-    return frame.to_ndarray(format="bgr24"), None
+    image = frame.to_ndarray(format="bgr24")
+    return (np.ascontiguousarray(np.rot90(image, rotation // 90)) if rotation else image), None
 
 
-def patch_yuv(yuv: np.ndarray, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """A copy of the I420 planes `yuv` with the pixels of `image` (BGR, the same frame) inside
-    each box (x1 y1 x2 y2; clipped, widened to even edges) converted and pasted in."""
-    height, width = image.shape[:2]
-    out = yuv.copy()
-    luma, chroma = out[:height], out[height:].reshape(2, height // 2, width // 2)
-    for x1, y1, x2, y2 in np.asarray(boxes, np.float64).reshape(-1, 4):
-        left, top = max(0, int(x1) // 2 * 2), max(0, int(y1) // 2 * 2)
-        right = min(width, -(-int(np.ceil(x2)) // 2) * 2)
-        bottom = min(height, -(-int(np.ceil(y2)) // 2) * 2)
-        if right - left < 2 or bottom - top < 2:
-            continue
-        patch = cv2.cvtColor(np.ascontiguousarray(image[top:bottom, left:right]),
-                             cv2.COLOR_BGR2YUV_I420)
-        h, w = bottom - top, right - left
-        luma[top:bottom, left:right] = patch[:h]
-        chroma[:, top // 2:bottom // 2, left // 2:right // 2] = patch[h:].reshape(2, h // 2,
-                                                                                 w // 2)
-    return out
-
-
-def output_format(path: Path) -> OutputFormat:
-    try:
-        return OUTPUT_FORMATS[path.suffix.lower()]
-    except KeyError:
-        raise UserError(f"cannot write {path.name}: give a video name ending in "
-                        f"{'/'.join(sorted(VIDEO_SUFFIXES))}") from None
-
-
-def check_encoding(crf: int | None, preset: str) -> None:
-    """Options checked before any work: the CRF range both encoders accept, a known preset."""
-    if crf is not None and not 0 <= crf <= 51:
-        raise UserError(f"--crf must be between 0 and 51 (lower: better and bigger), got {crf}")
-    if preset != "auto" and preset not in PRESETS:
-        raise UserError(f"--preset must be auto or one of {', '.join(PRESETS)}, got {preset!r}")
-
-
-def auto_preset(width: int, height: int, codec: str = "libvpx-vp9") -> str:
-    """The preset "auto" stands for with this encoder at this frame size."""
-    if codec == "libx264":
-        return H264_AUTO_PRESET
-    return next(name for pixels, name in AUTO_PRESETS if pixels is None or width * height <= pixels)
-
-
-class VideoSink:
-    """Encode frames into a staged temporary file; the video appears when the run commits.
-
-    The container opens at the first frame (its size is the video's). Odd sizes are padded by
-    one edge row or column (4:2:0 needs even sizes), never cropped; frames of another size (a
-    camera switching modes) are resized to the first. Audio packets are copied when the
-    container can hold their codec, else decoded and re-encoded (AAC, or Opus for .webm).
-    """
-
-    def __init__(self, path: Path, staged: StagedOutputs, source: VideoSource | WebcamSource,
-                 crf: int | None = None, preset: str = DEFAULT_PRESET, threads: int = 0
-                 ) -> None:
-        self.path, self.format = path, output_format(path)
-        self.crf = DEFAULT_CRF[self.format.video_codec] if crf is None else crf
-        self.preset, self.auto = preset, preset == "auto"
-        self.threads = threads  # 0: the encoder's own choice
-        self._staged, self._source = staged, source
-        self._container: av.container.OutputContainer | None = None
-        self._video = None
-        self._audio: dict[int, tuple] = {}  # source stream index -> (output stream, copied?)
-        self.size: tuple[int, int] | None = None  # the source's frame size (width, height)
-        self.padded: tuple[int, int] | None = None  # the encoded size, even
-        self.frames = 0
-        self.audio_summary: list[str] = []
-
-    def __enter__(self) -> "VideoSink":
-        return self
-
-    def _open(self, width: int, height: int) -> None:
-        self.size, self.padded = (width, height), (width + width % 2, height + height % 2)
-        if self.auto:
-            self.preset = auto_preset(width, height, self.format.video_codec)
-        container = av.open(str(self._staged.path(self.path)), "w", format=self.format.muxer,
-                            options=self.format.options)
-        self._container = container
-        video = container.add_stream(self.format.video_codec, rate=_rate(self._source.fps))
-        video.width, video.height = self.padded
-        video.pix_fmt = "yuv420p"  # what browsers and phones decode
-        video.time_base = video.codec_context.time_base = self._source.time_base
-        video.codec_context.framerate = _rate(self._source.fps)
-        video.options = self._encoder_options()
-        video.codec_context.thread_count = self.threads
-        template = getattr(self._source, "stream", None)
-        if template is not None:  # players show the colours as the source's tags say
-            for name in ("colorspace", "color_range", "color_primaries", "color_trc"):
-                value = getattr(template.codec_context, name, None)
-                if value is not None:
-                    setattr(video.codec_context, name, value)
-        self._video = video
-        for stream in self._source.audio:
-            codec = stream.codec_context.name
-            copy = self.format.audio_copy is None or codec in self.format.audio_copy
-            if copy:
-                out = container.add_stream_from_template(stream)
-            else:
-                rate = 48000 if self.format.audio_codec == "libopus" else \
-                    stream.codec_context.sample_rate
-                out = container.add_stream(self.format.audio_codec, rate=rate,
-                                           layout=named_layout(stream.codec_context.layout))
-            self._audio[stream.index] = (out, copy)
-            self.audio_summary.append(f"{_codec_name(codec)} " + (
-                "copied" if copy else f"re-encoded to {_codec_name(self.format.audio_codec)}"))
-
-    def _encoder_options(self) -> dict[str, str]:
-        speed = PRESETS.index(self.preset)
-        if self.format.video_codec == "libvpx-vp9":  # constant quality; cpu-used 8 is fastest
-            return {"crf": str(self.crf), "b": "0", "row-mt": "1",
-                    "deadline": "realtime" if speed <= 2 else "good",
-                    "cpu-used": str(max(0, 8 - speed))}
-        return {"crf": str(self.crf), "preset": self.preset}
-
-    def write(self, image: np.ndarray, pts: int, audio: list = (), yuv: np.ndarray | None = None
-              ) -> None:
-        """Encode one frame at `pts` (source time base) and mux the audio that goes with it.
-
-        `yuv`: the frame's I420 planes when the caller has them (see patch_yuv), encoded as
-        they are: no whole-frame conversion (10 ms a 1080p frame on a busy 2-core machine).
-        """
-        if self._container is None:
-            self._open(image.shape[1], image.shape[0])
-        if yuv is None or (image.shape[1], image.shape[0]) != self.size:
-            if (image.shape[1], image.shape[0]) != self.size:
-                image = cv2.resize(image, self.size)
-            if self.padded != self.size:
-                image = cv2.copyMakeBorder(image, 0, self.padded[1] - self.size[1], 0,
-                                           self.padded[0] - self.size[0], cv2.BORDER_REPLICATE)
-            yuv = cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420)
-        frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
-        frame.pts, frame.time_base = pts, self._source.time_base
-        self._container.mux(self._video.encode(frame))
-        self.frames += 1
-        for packet in audio:
-            self._mux_audio(packet)
-
-    def _mux_audio(self, packet: av.Packet) -> None:
-        out, copy = self._audio[packet.stream.index]
-        if copy:
-            packet.stream = out
-            self._container.mux(packet)
-            return
-        for decoded in packet.decode():
-            self._container.mux(out.encode(decoded))
-
-    def __exit__(self, *exc) -> None:
-        """Flush the encoders and write the container's index: the file is whole from here."""
-        if self._container is None:
-            return
-        try:
-            if exc[0] is None or issubclass(exc[0], KeyboardInterrupt):
-                self._container.mux(self._video.encode(None))
-                for out, copy in self._audio.values():
-                    if not copy:
-                        self._container.mux(out.encode(None))
-        finally:
-            self._container.close()
-
-    def describe(self) -> str:
-        """'H.264 1920x1080, crf 23 veryfast; audio AAC copied' for the summary line."""
-        codec = CODEC_NAMES.get(self.format.video_codec, self.format.video_codec)
-        size = f"{self.padded[0]}x{self.padded[1]}" if self.padded else "no frames"
-        pad = f" (padded from {self.size[0]}x{self.size[1]})" if self.padded != self.size else ""
-        audio = "; audio " + ", ".join(self.audio_summary) if self.audio_summary else "; no audio"
-        preset = f"{self.preset} (auto)" if self.auto else self.preset
-        return f"{codec} {size}{pad}, crf {self.crf} {preset}{audio}"
-
-
-DEFAULT_LAYOUTS = {1: "mono", 2: "stereo", 3: "3.0", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1",
-                   8: "7.1"}  # FFmpeg's usual layout for each channel count
-
-
-def named_layout(layout: av.AudioLayout) -> str | av.AudioLayout:
-    """The layout, or the usual one for its channel count when it has no name ("1 channels",
-    as PCM tracks often have): the AAC encoder refuses an unnamed layout."""
-    if layout.name == f"{layout.nb_channels} channels":
-        return DEFAULT_LAYOUTS.get(layout.nb_channels, layout)
-    return layout
+def turn_i420(yuv: np.ndarray, width: int, height: int, rotation: int) -> np.ndarray:
+    """I420 planes (Y, then U and V at half size, as one (3h/2, w) array) of a frame turned
+    `rotation` degrees counter-clockwise."""
+    quarters = rotation // 90
+    luma = np.rot90(yuv[:height], quarters)
+    chroma = np.rot90(yuv[height:].reshape(2, height // 2, width // 2), quarters, axes=(1, 2))
+    rows, cols = luma.shape
+    return np.concatenate([luma.reshape(-1), chroma.reshape(-1)]).reshape(rows * 3 // 2, cols)
 
 
 def _seconds(packet: av.Packet) -> float:
     return float((packet.pts if packet.pts is not None else packet.dts) * packet.time_base)
-
-
-def _rate(fps: float) -> Fraction:
-    """29.97 -> 30000/1001: the exact NTSC rates, else a near fraction."""
-    return Fraction(fps).limit_denominator(1001)
-
-
-def _codec_name(codec: str) -> str:
-    return CODEC_NAMES.get(codec, codec)
 
 
 def _reason(err: BaseException) -> str:

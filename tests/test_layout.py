@@ -52,7 +52,7 @@ def layer(module: str) -> str:
 
 def test_the_layers_are_what_the_readme_says():
     subpackages = {layer(m) for m in GRAPH} - {"top"}
-    assert subpackages == {"export", "wider", "bench", "compare", "scale", "track"}
+    assert subpackages == {"export", "wider", "bench", "compare", "scale"}
 
 
 @pytest.mark.parametrize("module", sorted(GRAPH))

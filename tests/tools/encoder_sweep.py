@@ -1,10 +1,10 @@
-"""The measurement behind video_inference_fdlm.py's encoder defaults (scrfdkit/video.py
+"""The measurement behind video_inference_fdlm.py's encoder defaults (scrfdkit/video_sink.py
 AUTO_PRESETS, DEFAULT_CRF): file size, encode time and quality of x264's presets and CRFs on
 the frames a --blur run hands the encoder.
 
 The frames are rebuilt from the video and a --blur run's JSON lines (every blurred region, as
 the script blurs it), held in memory, then encoded once per setting by one thread, as on two
-cores (scrfdkit.video.spare_threads). Reported per setting: the video stream's size, CPU and
+cores (scrfdkit.video_sink.spare_threads). Reported per setting: the video stream's size, CPU and
 wall milliseconds per frame, and the PSNR of the decoded result against the frames encoded
 (luma, and all three planes), so settings compare at equal quality. Settings run interleaved
 (round robin over --repeat rounds) and the median time is kept: the machine is shared.
@@ -30,7 +30,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from scrfdkit.faces import Replacement, anonymize_regions  # noqa: E402
-from scrfdkit.video import VideoSource, patch_yuv  # noqa: E402
+from scrfdkit.video import VideoSource  # noqa: E402
+from scrfdkit.video_sink import patch_yuv  # noqa: E402
 
 
 def blurred_frames(video: Path, jsonl: Path) -> tuple[list[np.ndarray], float]:

@@ -48,12 +48,14 @@ STORED_SCORE = 0.3  # the cache keeps faces from this score, so --score can go l
 
 
 def decoded_frames(video: Path):
-    """Every frame in display order, BGR, as the video script sees them (PyAV, first video)."""
+    """Every frame in display order, BGR, as a player shows them (PyAV, first video): turned
+    upright by its display matrix (a phone's portrait video), as the video script's are."""
     with av.open(str(video)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         for frame in container.decode(stream):
-            yield frame.to_ndarray(format="bgr24")
+            yield np.ascontiguousarray(np.rot90(frame.to_ndarray(format="bgr24"),
+                                                round(frame.rotation / 90) % 4))
 
 
 def reference_faces(video: Path, model: Path = REFERENCE_MODEL, cache: Path = CACHE,
@@ -187,9 +189,11 @@ def blurred_share(regions: list[dict], width: int, height: int) -> float:
 
 
 def frame_size(video: Path) -> tuple[int, int]:
+    """(width, height) as a player shows the frames (a display matrix may turn them)."""
     with av.open(str(video)) as container:
-        context = container.streams.video[0].codec_context
-        return context.width, context.height
+        frame = next(container.decode(video=0))
+        turned = round(frame.rotation / 90) % 2
+        return (frame.height, frame.width) if turned else (frame.width, frame.height)
 
 
 def table(reports: list[Report]) -> str:

@@ -92,9 +92,10 @@ class PostprocessedRunner:
     def pixel_table(self) -> None:
         return None
 
-    def run(self, tensor: np.ndarray):
-        raise UserError(f"{self.model_path.name} is a {self.kind} export: it gives faces, not "
-                        "raw outputs (tiles and parity checks need a raw export)")
+    def run(self, tensor: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """One model call, as speed tests time runners: here it gives faces (run_faces),
+        never raw outputs, so tiles and parity checks need a raw export."""
+        return self.run_faces(tensor)
 
     def _input(self, tensor: np.ndarray) -> np.ndarray:
         """The normalised letterboxed float input as this model takes it."""
@@ -148,11 +149,12 @@ def detect_postprocessed(runner: PostprocessedRunner, tensor: np.ndarray, scale:
         if score_threshold < runner.score_floor:
             runner.note_once("score", f"{name} keeps scores from {runner.score_floor:g} in its "
                                       f"graph; a threshold of {score_threshold:g} finds no more")
-        keep = np.flatnonzero(scores >= score_threshold)
-        if runner.nms_threshold is None or nms_threshold < runner.nms_threshold:
-            with profile("nms"):
+        with profile("decode"):  # done in the graph: here only the run-time score threshold
+            keep = np.flatnonzero(scores >= score_threshold)
+        with profile("nms"):
+            if runner.nms_threshold is None or nms_threshold < runner.nms_threshold:
                 keep = keep[nms(boxes[keep], scores[keep], nms_threshold)]
-        elif nms_threshold > runner.nms_threshold:
+        if runner.nms_threshold is not None and nms_threshold > runner.nms_threshold:
             runner.note_once("nms", f"{name} merges boxes at IoU {runner.nms_threshold:g} in its "
                                     f"graph; an NMS threshold of {nms_threshold:g} cannot undo it")
         if max_faces > 0:

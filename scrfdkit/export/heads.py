@@ -131,7 +131,7 @@ def float_head_ops(calibrated: bytes, raw_shapes: list[list[int]], integer_outpu
     codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
     raw = {tuple(s) for s in raw_shapes}
     seeds = {int(i) for i, t in enumerate(graph.tensors)
-             if tuple(int(d) for d in t.shape) in raw}
+             if t.shape is not None and tuple(int(d) for d in t.shape) in raw}
     float_ops, tainted = [], set(seeds)
     for op in graph.operators:  # operators are stored in execution order
         if codes[op.opcodeIndex] == schema.BuiltinOperator.LOGISTIC or \

@@ -65,10 +65,7 @@ def head_function(saved_model: Path, head: Head, input_type: str):
     by_kind = {(s.kind, s.stride): n for s, n in zip(specs, names)}
     keypoints = any(s.kind == "kps" for s in specs)
     height, width = head.input_hw
-    centers = np.concatenate([anchor_centers(height, width, s, anchors) for s in STRIDES])
-    strides = np.concatenate([np.full(len(anchor_centers(height, width, s, anchors)), s,
-                                      np.float32) for s in STRIDES])[:, None]
-    total = len(centers)
+    total = sum(len(anchor_centers(height, width, s, anchors)) for s in STRIDES)
     rows = total if head.nms_threshold is None else head.max_faces
     # NON_MAX_SUPPRESSION_V5 keeps scores > threshold; decode.py keeps scores >= threshold
     score_floor = float(np.nextafter(np.float32(head.score_threshold), np.float32(-1)))
@@ -81,16 +78,20 @@ def head_function(saved_model: Path, head: Head, input_type: str):
             x = (x - INPUT_MEAN) * (1.0 / INPUT_STD)
         raw = network(**{input_key: x})
 
-        def level(kind: str, channels: int):
-            return tf.concat([tf.reshape(raw[by_kind[kind, s]], [-1, channels])
-                              for s in STRIDES], axis=0)
-
-        scores = tf.reshape(level("score", 1), [-1])
-        distances = level("bbox", 4) * strides
-        boxes = tf.concat([centers - distances[:, :2], centers + distances[:, 2:]], axis=1)
-        points = None
-        if keypoints:
-            points = tf.reshape(level("kps", 10) * strides, [-1, 5, 2]) + centers[:, None, :]
+        # Each stride is decoded on its own, then concatenated: the int8 calibrator gives a
+        # concat's inputs the concat's range, which would put the stride-8 distances on the
+        # steps of the stride-32 ones. Same float32 arithmetic as decode.py.
+        scores = tf.concat([tf.reshape(raw[by_kind["score", s]], [-1]) for s in STRIDES], 0)
+        boxes, points = [], []
+        for stride in STRIDES:
+            grid = anchor_centers(height, width, stride, anchors)
+            distances = tf.reshape(raw[by_kind["bbox", stride]], [-1, 4]) * float(stride)
+            boxes.append(tf.concat([grid - distances[:, :2], grid + distances[:, 2:]], axis=1))
+            if keypoints:
+                offsets = tf.reshape(raw[by_kind["kps", stride]], [-1, 10]) * float(stride)
+                points.append(tf.reshape(offsets, [-1, 5, 2]) + grid[:, None, :])
+        boxes = tf.concat(boxes, axis=0)
+        points = tf.concat(points, axis=0) if keypoints else None
         if head.nms_threshold is None:
             count = tf.constant([total], tf.int32)
         else:

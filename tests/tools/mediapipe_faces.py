@@ -48,6 +48,8 @@ def main() -> int:
     parser.add_argument("faces")
     parser.add_argument("--score", type=float, default=0.5)
     parser.add_argument("--pad", default=None, metavar="HxW")
+    parser.add_argument("--dump", default=None, metavar="JSONL",
+                        help="write MediaPipe's faces (box x1 y1 x2 y2 in photo pixels, score) here")
     args = parser.parse_args()
 
     import mediapipe as mp
@@ -57,6 +59,7 @@ def main() -> int:
                                            score_threshold=args.score, max_results=-1)
     summary = {"mediapipe": mp.__version__, "photos": 0, "same_count": 0, "faces": 0,
                "matched": 0, "min_iou": 1.0, "max_score_diff": 0.0}
+    dump = open(args.dump, "w") if args.dump else None
     with vision.ObjectDetector.create_from_options(options) as detector:
         height, width = map(int, args.pad.split("x")) if args.pad else (None, None)
         for line in open(args.faces):
@@ -76,6 +79,10 @@ def main() -> int:
                               for d in result.detections], np.float64).reshape(-1, 4)
             scores = np.array([d.categories[0].score for d in result.detections])
             labels = {d.categories[0].category_name for d in result.detections}
+            if dump:
+                dump.write(json.dumps({"path": record["path"], "faces": [
+                    {"box": box.tolist(), "score": float(score)}
+                    for box, score in zip(found, scores)]}) + "\n")
             expected = np.array([f["box"] for f in record["faces"]], np.float64).reshape(-1, 4)
             expected_scores = np.array([f["score"] for f in record["faces"]])
             pairs = match(found, expected)
@@ -91,6 +98,8 @@ def main() -> int:
                   f"{len(expected)} labels {sorted(labels)} min IoU "
                   f"{min(ious) if ious else float('nan'):.3f} max |score diff| "
                   f"{max(diffs) if diffs else float('nan'):.4f}")
+    if dump:
+        dump.close()
     print(json.dumps(summary))
     return 0
 

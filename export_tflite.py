@@ -317,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{op} x{n}" for op, n in sorted(ops.items()))
                 for kind, ops in meta["op_types"].items()))
             if not parity_passes(args.onnx, staged, photos, head, precision):
-                print(f"error: float32 parity above {FLOAT32_TOLERANCE:g}; the conversion is "
+                what = "parity" if head is None else "faces' parity (stride units)"
+                print(f"error: float32 {what} above {FLOAT32_TOLERANCE:g}; the conversion is "
                       f"wrong, so {out} was left as it was", file=sys.stderr)
                 return 1
             replace_model(staged, out)

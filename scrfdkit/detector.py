@@ -54,7 +54,8 @@ class SCRFD:
         self.input_hw = self.runner.input_hw
         # decoded / object-detector exports (post-processing in the graph): no tiles
         if tile and getattr(self.runner, "postprocessed", False):
-            raise UserError(f"tiles need a raw export; {model_path} is a {self.runner.kind} export")
+            raise UserError(f"tiles need a raw export, and {model_path} is a {self.runner.kind} "
+                            "export: give --no-tile (or a raw export)")
         table = getattr(self.runner, "pixel_table", None)
         self._pixel_table = table() if table else None  # tiles of a quantized model
         self.profile = Profile()

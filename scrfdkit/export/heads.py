@@ -131,6 +131,8 @@ def float_head_ops(calibrated: bytes, raw_shapes: list[list[int]], integer_outpu
     graph = model.subgraphs[0]
     codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
     raw = {tuple(s) for s in raw_shapes}
+    # the landmark outputs' reshape to (N, 5, 2) merges with the network's own to (N, 10)
+    raw |= {(*s[:-1], 5, 2) for s in raw if s[-1] == 10}
     seeds = {int(i) for i, t in enumerate(graph.tensors)
              if t.shape is not None and tuple(int(d) for d in t.shape) in raw}
     float_ops, tainted = [], set(seeds)

@@ -16,7 +16,7 @@ comma := ,
 HW_NAME := $(subst $(comma),x,$(HW))
 DEMO_MODEL := models/scrfd500m_$(HW_NAME)_float32.tflite
 
-.PHONY: demo setup test test-readme test-inference data docs exports compare clean
+.PHONY: demo setup test test-readme test-inference data docs exports compare clean mediapipe-check
 .DEFAULT_GOAL := demo
 
 demo: setup $(DEMO_MODEL)
@@ -24,11 +24,12 @@ demo: setup $(DEMO_MODEL)
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-peers.txt
+$(VENV)/.installed: requirements.txt requirements-peers.txt requirements-mobile.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt
 	$(BIN)/pip install --quiet --no-deps -r requirements-peers.txt
+	$(BIN)/pip install --quiet --no-deps -r requirements-mobile.txt
 	touch $@
 
 models/det_500m.onnx: | setup
@@ -108,6 +109,18 @@ $(INFERENCE_VENV)/.installed: pyproject.toml requirements-scale.txt
 
 test-inference: $(INFERENCE_VENV)/.installed
 	SCRFD_SHARED=$(SHARED) $(INFERENCE_VENV)/bin/python -m pytest tests -q -m inference
+
+# The object-detector export in the current MediaPipe (1.2.x, its own environment: numpy 2,
+# protobuf 5+), as an app loads it: the MediaPipe test of tests/test_mobile.py run there.
+MEDIAPIPE_VENV ?= .venv-mediapipe
+$(MEDIAPIPE_VENV)/.installed: requirements-mediapipe.txt
+	$(PYTHON) -m venv $(MEDIAPIPE_VENV)
+	$(MEDIAPIPE_VENV)/bin/pip install --quiet -r requirements-mediapipe.txt
+	touch $@
+
+mediapipe-check: setup $(MEDIAPIPE_VENV)/.installed
+	SCRFD_SHARED=$(SHARED) SCRFD_MEDIAPIPE_PYTHON=$(MEDIAPIPE_VENV)/bin/python $(RUN) -m pytest \
+	  tests/test_mobile.py -q -k mediapipe_object_detector
 
 clean:
 	rm -rf .cache results/* models/*_float32.tflite* models/*_int8.tflite* $(INFERENCE_VENV)

@@ -10,6 +10,7 @@ from .defaults import DEFAULT_THREADS, NMS_THRESHOLD, SCORE_THRESHOLD, TILE_FACE
 from .detections import Detections
 from .errors import UserError
 from .images import to_bgr8
+from .postprocessed import detect_postprocessed
 from .runners import Runner, open_runner
 from .tiles import TiledInput, prepare_tiled, run_tiled
 from .timing import Profile
@@ -51,6 +52,10 @@ class SCRFD:
         self.runner = runner or open_runner(model_path, input_hw, threads,
                                             **(runner_options or {}))
         self.input_hw = self.runner.input_hw
+        # decoded / object-detector exports (post-processing in the graph): no tiles
+        if tile and getattr(self.runner, "postprocessed", False):
+            raise UserError(f"tiles need a raw export, and {model_path} is a {self.runner.kind} "
+                            "export: give --no-tile (or a raw export)")
         table = getattr(self.runner, "pixel_table", None)
         self._pixel_table = table() if table else None  # tiles of a quantized model
         self.profile = Profile()
@@ -89,6 +94,11 @@ class SCRFD:
         self.passes = 1
         self.total_passes += 1
         tensor, scale = prepared
+        if getattr(self.runner, "postprocessed", False):  # decoded / object-detector exports
+            faces, self.candidates = detect_postprocessed(
+                self.runner, tensor, scale, self.score_threshold, self.nms_threshold,
+                self.max_faces, self.profile)
+            return faces
         with self.profile("inference"):
             raw = self.runner.run(tensor)
         with self.profile("postprocess"):

@@ -127,9 +127,13 @@ def export_family(source_name: str, keypoints: bool = True) -> str:
     return name if keypoints else name + "_nokps"
 
 
-def export_name(family: str, input_hw: tuple[int, int], precision: str) -> str:
-    """models/<family>_<H>x<W>_<precision>.tflite, as export_tflite.py names its outputs."""
-    return f"{family}_{input_hw[0]}x{input_hw[1]}_{precision}.tflite"
+def export_name(family: str, input_hw: tuple[int, int], precision: str, kind: str = "raw",
+                integer_io: bool = False) -> str:
+    """models/<family>_<H>x<W>_<precision>[_<kind>][_integer_io].tflite, as export_tflite.py
+    names its outputs (raw, the default kind, has no kind in its name)."""
+    tail = ("" if kind == "raw" else "_" + kind.replace("-", "_")) + \
+        ("_integer_io" if integer_io else "")
+    return f"{family}_{input_hw[0]}x{input_hw[1]}_{precision}{tail}.tflite"
 
 
 def family_of(path: str | os.PathLike) -> str:

@@ -283,6 +283,12 @@ def open_runner(model_path: str | os.PathLike, input_hw: tuple[int, int] | None 
     if suffix == ".onnx":
         return OnnxRunner(model_path, input_hw, threads, **options)
     if suffix == ".tflite":
+        # decoded / object-detector exports (export_tflite.py --kind): scrfdkit/postprocessed.py
+        from .postprocessed import RAW, PostprocessedRunner, export_kind
+        if export_kind(model_path) != RAW:
+            return PostprocessedRunner(model_path, tflite_interpreter(model_path, threads,
+                                                                      options.get("delegates")),
+                                       input_hw)
         return LiteRTRunner(model_path, input_hw, threads, **options)
     raise UserError(f"{model_path}: unsupported model type (expected .onnx or .tflite)")
 

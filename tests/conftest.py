@@ -41,7 +41,8 @@ EXPORT_SCRIPTS = ("export_modified_onnx.py", "export_tflite.py")
 # What an export's bytes depend on besides our code and the model; opencv reads the calibration
 # photos, onnxruntime and ai-edge-litert run the calibration passes and the parity check.
 EXPORT_PACKAGES = ("numpy", "opencv-python", "onnx", "onnxsim", "onnxruntime", "onnx2tf",
-                   "tensorflow", "tf-keras", "onnx-graphsurgeon", "sng4onnx", "ai-edge-litert")
+                   "tensorflow", "tf-keras", "onnx-graphsurgeon", "sng4onnx", "ai-edge-litert",
+                   "mediapipe")  # mediapipe: the metadata writer of the post-processed kinds
 KEPT_EXPORT_SETS = 3  # older key folders beyond this many are removed
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from ..decode import preprocess
 from ..errors import UserError
 from ..files import read_image
-from ..runners import LiteRTRunner, OnnxRunner, Runner
+from ..runners import LiteRTRunner, OnnxRunner, Runner, open_runner
 
 CPU_BACKENDS = ("litert", "onnxruntime")
 GPU_BACKENDS = ("onnxruntime-cuda", "onnxruntime-tensorrt", "litert-gpu")
@@ -101,7 +101,7 @@ def open_backend(model: str | os.PathLike, backend: str, threads: int,
             if not runner.delegated_partitions:
                 raise BackendUnavailable("the LiteRT GPU delegate loaded but took no op of this model")
             return runner
-        return LiteRTRunner(model, hw, threads)
+        return open_runner(model, hw, threads)  # raw, decoded or object-detector export
     try:
         import onnxruntime  # noqa: F401
     except ImportError:

@@ -309,7 +309,7 @@ def float_tail(calibrated: bytes) -> list[str]:
 
 
 def quantize_int8(saved_model: Path, calib: np.ndarray, float_input: bool, per_channel: bool,
-                  log_path: Path) -> bytes:
+                  log_path: Path, integer_io: bool = False) -> bytes:
     """Full-integer int8 TFLite from onnx2tf's saved_model, calibrated on `calib`.
 
     TFLiteConverter calibrates (min/max of every activation over the calibration images),
@@ -317,7 +317,8 @@ def quantize_int8(saved_model: Path, calib: np.ndarray, float_input: bool, per_c
     path XNNPACK runs) and activations int8. The sigmoid and what follows it stay float:
     an int8 probability moves in steps of 1/256, which ties the low-scoring detections AP
     ranks; the int8 logits before it are finer there. Outputs are float32, the input int8
-    (the runner quantizes it) unless `float_input`.
+    (the runner quantizes it) unless `float_input`. integer_io: everything int8, the sigmoid
+    and the outputs too (int8 in, int8 out: what NPUs and microcontrollers take).
     """
     with converter_step("int8 quantization", log_path):
         import tensorflow as tf
@@ -330,7 +331,8 @@ def quantize_int8(saved_model: Path, calib: np.ndarray, float_input: bool, per_c
         converter.representative_dataset = lambda: ([image[None]] for image in calib)
         converter._experimental_calibrate_only = True  # ranges now, quantization below
         calibrated = converter.convert()
-        model = tflite_convert.mlir_quantize(calibrated, disable_per_channel=not per_channel,
-                                             denylisted_nodes=float_tail(calibrated))
+        model = tflite_convert.mlir_quantize(
+            calibrated, disable_per_channel=not per_channel,
+            denylisted_nodes=[] if integer_io else float_tail(calibrated))
         return tflite_util.modify_model_io_type(
-            model, tf.float32 if float_input else tf.int8, tf.float32)
+            model, tf.float32 if float_input else tf.int8, tf.int8 if integer_io else tf.float32)

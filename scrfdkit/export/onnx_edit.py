@@ -339,13 +339,15 @@ def onnx2tf_test_data(paths: list[Path]) -> np.ndarray:
                      for p in picks]).astype(np.float32) / 255.0
 
 
-def run_onnx2tf(onnx_path: Path, precision: str, workdir: Path, test_data: np.ndarray) -> Path:
+def run_onnx2tf(onnx_path: Path, precision: str, workdir: Path, test_data: np.ndarray,
+                signatures: bool = False) -> Path:
     """Run onnx2tf in `workdir`: the saved_model (workdir/out) and the .tflite of `precision`
-    (float32 for int8, which int8.quantize_int8 makes from the saved_model)."""
+    (float32 for int8, which int8.quantize_int8 makes from the saved_model). signatures: the
+    saved_model gets a serving signature (int8 and the post-processed kinds build on it)."""
     np.save(workdir / ONNX2TF_TEST_DATA, test_data)
     options = dict(input_onnx_file_path=str(onnx_path.resolve()),
                    output_folder_path=str(workdir / "out"), non_verbose=True)
-    if precision == "int8":  # we quantize its saved_model: give it a serving signature
+    if precision == "int8" or signatures:  # the saved_model is converted again: a signature
         options["output_signaturedefs"] = True
     if precision == "dynamic":
         options["output_dynamic_range_quantized_tflite"] = True

@@ -75,3 +75,47 @@ def parity_table(worst: dict[str, float], count: int) -> list[str]:
     title = (f"parity against ONNX Runtime on {count} photo(s): max abs error per output "
              f"(candidates: anchors ONNX scores >= {CANDIDATE_SCORE:g})")
     return [title, *markdown_table(header, rows, left=len(header))]
+
+
+def faces_parity(onnx_path: Path, tflite_path: Path, images: list[Path], score_threshold: float,
+                 nms_threshold: float | None, max_faces: int) -> dict[str, float]:
+    """A post-processed export (decoded, object-detector) beside the Python pipeline on ONNX
+    (decode.postprocess with the graph's own thresholds): faces found by each, and over the
+    faces both find (paired by rank, best first) the largest box, landmark (input pixels)
+    and score differences."""
+    from ..decode import postprocess
+    from ..detector import SCRFD
+
+    reference = OnnxRunner(onnx_path, threads=None)
+    candidate = SCRFD(tflite_path, score_threshold=score_threshold,
+                      nms_threshold=1.0 if nms_threshold is None else nms_threshold,
+                      threads=None)
+    result = {"faces_onnx": 0, "faces_tflite": 0, "box_px": 0.0, "landmark_px": 0.0,
+              "score": 0.0}
+    for path in images:
+        image = read_image(path)
+        tensor, scale = preprocess(image, reference.input_hw, "NCHW")
+        expected = postprocess(reference.run(tensor), reference.input_hw, reference.anchors, 1.0,
+                               score_threshold, 1.0 if nms_threshold is None else nms_threshold,
+                               max_faces)
+        actual = candidate.detect_prepared(preprocess(image, candidate.input_hw, "NHWC"))
+        actual = actual.scaled(1.0 / scale)  # back to input pixels, as `expected` is
+        result["faces_onnx"] += len(expected)
+        result["faces_tflite"] += len(actual)
+        both = min(len(expected), len(actual))
+        if both:
+            result["box_px"] = max(result["box_px"], float(
+                np.abs(expected.boxes[:both] - actual.boxes[:both]).max()))
+            result["score"] = max(result["score"], float(
+                np.abs(expected.scores[:both] - actual.scores[:both]).max()))
+            if expected.landmarks is not None and actual.landmarks is not None:
+                result["landmark_px"] = max(result["landmark_px"], float(
+                    np.abs(expected.landmarks[:both] - actual.landmarks[:both]).max()))
+    return result
+
+
+def faces_parity_line(result: dict[str, float], count: int) -> str:
+    return (f"against the Python pipeline on ONNX, {count} photo(s): {result['faces_tflite']} "
+            f"faces (ONNX {result['faces_onnx']}); largest difference over the faces both find, "
+            f"best first: box {result['box_px']:.2e} px, landmarks {result['landmark_px']:.2e} "
+            f"px, score {result['score']:.2e}")

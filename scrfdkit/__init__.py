@@ -26,7 +26,7 @@ VIDEO_API = ("anonymise_video", "video_faces")  # scrfdkit/video_api.py: PyAV is
 def __getattr__(name: str):
     """The video API on first use, so `import scrfdkit` for photos does not load PyAV."""
     if name in VIDEO_API:
-        from . import video_api
+        from .video_api import anonymise_video, video_faces
 
-        return getattr(video_api, name)
+        return {"anonymise_video": anonymise_video, "video_faces": video_faces}[name]
     raise AttributeError(f"module 'scrfdkit' has no attribute {name!r}")

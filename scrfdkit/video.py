@@ -43,7 +43,7 @@ class Frame:
     image: np.ndarray
     pts: int  # in the source's time base
     time: float  # seconds on the source's clock (its start offset included)
-    audio: list = field(default_factory=list)  # av.Packet of the source's audio streams
+    audio: list = field(default_factory=list)  # av.Packet of the source's audio and subtitles
     yuv: np.ndarray | None = None  # the decoded 4:2:0 planes (I420), when the source has them
 
 
@@ -82,6 +82,7 @@ class VideoSource:
         self.stream = self.container.streams.video[0]
         self.stream.thread_type = "AUTO"  # frame and slice threads: 1080p decodes at 40+ fps
         self.audio = list(self.container.streams.audio)
+        self.subtitles = list(self.container.streams.subtitles)
         self.time_base = self.stream.time_base or Fraction(1, 90000)
         rate = self.stream.average_rate or self.stream.guessed_rate
         self.fps = float(rate) if rate and 0 < float(rate) <= 1000 else FALLBACK_FPS
@@ -110,7 +111,7 @@ class VideoSource:
         count, last_pts, end = 0, None, None
         try:
             for packet in self._packets():
-                if packet.stream.type == "audio":
+                if packet.stream.type != "video":  # audio and subtitles go with their frame
                     if packet.dts is None:
                         continue  # a flush marker, no data
                     if end is not None and _seconds(packet) >= end:
@@ -134,7 +135,7 @@ class VideoSource:
                     if limit and count >= limit:
                         end = held.time + float(step * self.time_base)
                         break
-                if end is not None and not self.audio:
+                if end is not None and not (self.audio or self.subtitles):
                     break
         except av.error.FFmpegError as err:
             self.broken, self.error = _reason(err), err
@@ -146,7 +147,7 @@ class VideoSource:
         """The demuxed packets; where the input breaks, an empty video packet after them, so
         the decoder gives up the frames it still holds (a threaded decoder holds several)."""
         try:
-            yield from self.container.demux(self.stream, *self.audio)
+            yield from self.container.demux(self.stream, *self.audio, *self.subtitles)
         except av.error.FFmpegError as err:
             self.broken, self.error = _reason(err), err
             flush = av.Packet()
@@ -225,6 +226,7 @@ class WebcamSource:
 
     live = True  # a stop request is its normal end; it cannot be read twice
     audio: list = []
+    subtitles: list = []
     time_base = WEBCAM_TIME_BASE
     total = None
     broken = ""

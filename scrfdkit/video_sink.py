@@ -30,23 +30,30 @@ class OutputFormat:
     audio_codec: str  # what audio is re-encoded to when the container cannot hold the source's
     audio_copy: frozenset[str] | None  # audio codecs copied as they are (None: every codec)
     options: dict = field(default_factory=dict)  # muxer options
+    subtitles: frozenset[str] = frozenset()  # subtitle codecs copied as they are; others left out
 
 
 MP4_AUDIO = frozenset({"aac", "mp3", "ac3", "eac3", "alac", "flac", "opus"})
+MP4_SUBTITLES = frozenset({"mov_text"})  # the only text subtitles MP4 and QuickTime players read
+MKV_SUBTITLES = frozenset({"srt", "subrip", "ass", "ssa", "webvtt", "text", "dvd_subtitle",
+                           "dvb_subtitle", "hdmv_pgs_subtitle"})  # what Matroska stores as it is
 OUTPUT_FORMATS = {
     # faststart: the index goes in front, so a browser starts playing before the download ends
-    ".mp4": OutputFormat("mp4", "libx264", "aac", MP4_AUDIO, {"movflags": "+faststart"}),
+    ".mp4": OutputFormat("mp4", "libx264", "aac", MP4_AUDIO, {"movflags": "+faststart"},
+                         MP4_SUBTITLES),
     ".mov": OutputFormat("mov", "libx264", "aac", MP4_AUDIO | {"pcm_s16le", "pcm_s16be",
                                                              "pcm_s24le", "pcm_f32le"},
-                         {"movflags": "+faststart"}),
-    ".mkv": OutputFormat("matroska", "libx264", "aac", None),
-    ".webm": OutputFormat("webm", "libvpx-vp9", "libopus", frozenset({"opus", "vorbis"})),
+                         {"movflags": "+faststart"}, MP4_SUBTITLES),
+    ".mkv": OutputFormat("matroska", "libx264", "aac", None, subtitles=MKV_SUBTITLES),
+    ".webm": OutputFormat("webm", "libvpx-vp9", "libopus", frozenset({"opus", "vorbis"}),
+                          subtitles=frozenset({"webvtt"})),
 }
 # A live source's .mp4/.mov is fragmented (a fragment a second, each flushed to the file when
 # done): what was written plays even if the run is killed before it ends the file (Matroska
 # and WebM play cut short as they are).
 LIVE_OPTIONS = {"movflags": "+frag_keyframe+empty_moov+default_base_moof",
                 "frag_duration": "1000000", "flush_packets": "1"}
+KEPT_TAGS = ("language", "title")  # what each side stream keeps: players list tracks by them
 VIDEO_SUFFIXES = set(OUTPUT_FORMATS)
 CODEC_NAMES = {"libx264": "H.264", "libvpx-vp9": "VP9", "aac": "AAC", "libopus": "Opus"}
 # x264's presets, fastest first; VP9 gets the same scale through libvpx's cpu-used (8..0).
@@ -130,11 +137,13 @@ class VideoSink:
         self._staged, self._source = staged, source
         self._container: av.container.OutputContainer | None = None
         self._video = None
-        self._audio: dict[int, tuple] = {}  # source stream index -> (output stream, copied?)
+        self._side: dict[int, tuple] = {}  # source stream index -> (output stream, copied?)
         self.size: tuple[int, int] | None = None  # the source's frame size (width, height)
         self.padded: tuple[int, int] | None = None  # the encoded size, even
         self.frames = 0
         self.audio_summary: list[str] = []
+        self.subtitle_summary: list[str] = []
+        self.left_out: list[str] = []  # side streams the container cannot take, and why
 
     def __enter__(self) -> "VideoSink":
         return self
@@ -161,6 +170,11 @@ class VideoSink:
                 if value is not None:
                     setattr(video.codec_context, name, value)
         self._video = video
+        self._add_side_streams(container)
+
+    def _add_side_streams(self, container: av.container.OutputContainer) -> None:
+        """Every audio stream, copied or re-encoded, and every subtitle stream the container
+        takes as it is (the others are named in left_out), each with its language and title."""
         for stream in self._source.audio:
             codec = stream.codec_context.name
             copy = self.format.audio_copy is None or codec in self.format.audio_copy
@@ -171,9 +185,20 @@ class VideoSink:
                     stream.codec_context.sample_rate
                 out = container.add_stream(self.format.audio_codec, rate=rate,
                                            layout=named_layout(stream.codec_context.layout))
-            self._audio[stream.index] = (out, copy)
+            self._side[stream.index] = (out, copy)
             self.audio_summary.append(f"{_codec_name(codec)} " + (
-                "copied" if copy else f"re-encoded to {_codec_name(self.format.audio_codec)}"))
+                "copied" if copy else f"re-encoded to {_codec_name(self.format.audio_codec)}")
+                + _tags(stream, out))
+        for stream in getattr(self._source, "subtitles", ()):
+            codec = stream.codec_context.name
+            if codec not in self.format.subtitles:
+                takes = ", ".join(sorted(self.format.subtitles)) or "none"
+                self.left_out.append(f"subtitles {codec}{_tags(stream)} (.{self.path.suffix[1:]}"
+                                     f" takes {takes}; .mkv keeps them)")
+                continue
+            out = container.add_stream_from_template(stream)
+            self._side[stream.index] = (out, True)
+            self.subtitle_summary.append(f"{codec} copied{_tags(stream, out)}")
 
     def _encoder_options(self) -> dict[str, str]:
         speed = PRESETS.index(self.preset)
@@ -207,7 +232,10 @@ class VideoSink:
             self._mux_audio(packet)
 
     def _mux_audio(self, packet: av.Packet) -> None:
-        out, copy = self._audio[packet.stream.index]
+        """An audio or subtitle packet: copied, re-encoded, or (a stream left out) dropped."""
+        if packet.stream.index not in self._side:
+            return
+        out, copy = self._side[packet.stream.index]
         if copy:
             packet.stream = out
             self._container.mux(packet)
@@ -222,7 +250,7 @@ class VideoSink:
         try:
             if exc[0] is None or issubclass(exc[0], KeyboardInterrupt):
                 self._container.mux(self._video.encode(None))
-                for out, copy in self._audio.values():
+                for out, copy in self._side.values():
                     if not copy:
                         self._container.mux(out.encode(None))
         finally:
@@ -234,8 +262,11 @@ class VideoSink:
         size = f"{self.padded[0]}x{self.padded[1]}" if self.padded else "no frames"
         pad = f" (padded from {self.size[0]}x{self.size[1]})" if self.padded != self.size else ""
         audio = "; audio " + ", ".join(self.audio_summary) if self.audio_summary else "; no audio"
+        subtitles = "; subtitles " + ", ".join(self.subtitle_summary) \
+            if self.subtitle_summary else ""
+        left_out = "; left out: " + ", ".join(self.left_out) if self.left_out else ""
         preset = f"{self.preset} (auto)" if self.auto else self.preset
-        return f"{codec} {size}{pad}, crf {self.crf} {preset}{audio}"
+        return f"{codec} {size}{pad}, crf {self.crf} {preset}{audio}{subtitles}{left_out}"
 
 
 DEFAULT_LAYOUTS = {1: "mono", 2: "stereo", 3: "3.0", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1",
@@ -248,6 +279,16 @@ def named_layout(layout: av.AudioLayout) -> str | av.AudioLayout:
     if layout.name == f"{layout.nb_channels} channels":
         return DEFAULT_LAYOUTS.get(layout.nb_channels, layout)
     return layout
+
+
+def _tags(stream, out=None) -> str:
+    """Copy a side stream's language and title to `out`; ' (eng, English)' to name it by."""
+    tags = {key.lower(): value for key, value in stream.metadata.items()}
+    tags.setdefault("title", tags.get("name"))  # MP4 keeps a track's title as its "name"
+    kept = {key: tags[key] for key in KEPT_TAGS if tags.get(key) and tags[key] != "und"}
+    if out is not None:
+        out.metadata.update(kept)
+    return f" ({', '.join(kept.values())})" if kept else ""
 
 
 def _rate(fps: float) -> Fraction:

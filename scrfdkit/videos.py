@@ -19,7 +19,6 @@ from typing import Callable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from .cuts import CutDetector
 from .defaults import (DEFAULT_THREADS, NMS_THRESHOLD, SCORE_THRESHOLD, TILE_FACE,
                        VIDEO_BLUR_SCORE_THRESHOLD)
 from .detections import Detections, draw_detections
@@ -32,7 +31,8 @@ from .photos import encode
 from .pipeline import StopRequests, WriteBehind, read_ahead
 from .tiles import largest_tile_face
 from .timing import Profile
-from .tracker import DEFAULT_HOLD, DEFAULT_TRACK_SCORE, FaceTracker, Region, track_video
+from .tracker import (DEFAULT_HOLD, DEFAULT_TRACK_SCORE, CutDetector, FaceTracker, Region,
+                      track_video)
 from .video import (STREAM_TIMEOUT, Frame, StreamSource, VideoSource, VideoUnreadable,
                     WebcamSource, open_video)
 from .video_sink import DEFAULT_PRESET, VideoSink, patch_yuv
@@ -148,6 +148,7 @@ class VideoSummary:
     encoding: str = ""  # the written video's codecs and settings
     rotation: int = 0  # degrees the frames were turned counter-clockwise to stand upright
     rotated_by: str = ""  # what asked for the turn: the display matrix, or the rotate tag
+    left_out: list[str] = field(default_factory=list)  # side streams the output cannot hold
     max_frames: int = 0  # the frame limit it ran with (0: none)
     stream: bool = False  # a live stream (a URL): it ends when its sender stops or stalls
     limited: bool = False  # ended by --max-frames or --duration
@@ -354,7 +355,7 @@ class VideoJob:
                     summary.blurred += len(regions or ())
                 bar.set_postfix(faces=summary.faces, refresh=False)
                 bar.update()
-        summary.encoding = sink.describe()
+        summary.encoding, summary.left_out = sink.describe(), sink.left_out
         if not summary.frames:
             raise VideoUnreadable(f"no frames could be decoded from {source.name}")
         staged.path(summary.json).write_text("".join(self.lines))

@@ -20,9 +20,8 @@ import pytest
 
 from conftest import MODELS, REPO, run_script
 from scrfdkit import SCRFD, read_image
-from scrfdkit.cuts import CutDetector
-from scrfdkit.tracker import (DETECTED, LOW_SCORE, PREDICTED, PREDICTED_BACK, FaceTracker,
-                              iou_matrix, track_video)
+from scrfdkit.tracker import (DETECTED, LOW_SCORE, PREDICTED, PREDICTED_BACK, CutDetector,
+                              FaceTracker, iou_matrix, track_video)
 
 pytestmark = pytest.mark.inference
 SIZE = "256,320"  # det_500m ONNX input: finds the faces of a 320x240 clip of friends.jpg

@@ -28,8 +28,8 @@ from scrfdkit import SCRFD  # noqa: E402
 from scrfdkit.defaults import VIDEO_BLUR_SCORE_THRESHOLD  # noqa: E402
 from scrfdkit.faces import VIDEO_BLUR_GROW, VIDEO_BLUR_SHAPE, grow  # noqa: E402
 from scrfdkit.files import atomic_write, sha256_of  # noqa: E402
-from scrfdkit.cuts import CutDetector  # noqa: E402
-from scrfdkit.tracker import DEFAULT_HOLD, DEFAULT_TRACK_SCORE, track_video  # noqa: E402
+from scrfdkit.tracker import (DEFAULT_HOLD, DEFAULT_TRACK_SCORE, CutDetector,  # noqa: E402
+                              track_video)
 from scrfdkit.video import VideoSource  # noqa: E402
 
 CANDIDATE_SCORE = 0.05  # the lowest --track-score a sweep can try

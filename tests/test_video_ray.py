@@ -57,3 +57,34 @@ def test_ray_takes_no_camera(fixed_onnx, tmp_path):
                        "--out", tmp_path)
     assert refused.returncode == 2 and "--ray runs video files and streams, not a camera" in \
         refused.stderr
+
+
+def test_a_stopped_ray_run_leaves_whole_pairs_and_no_temporary_files(ray_cluster, fixed_onnx,
+                                                                      tmp_path):
+    """Ctrl-C while tasks run: exit 130; each video has both outputs holding the same frames
+    (finished, or stopped with its frames in hand) or neither; nothing staged is left."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    out = tmp_path / "out"
+    out.mkdir()
+    run = subprocess.Popen([sys.executable, str(REPO / "video_inference_fdlm.py"), "--video",
+                            *[str(SAMPLES / name) for name in VIDEOS], "--model", str(fixed_onnx),
+                            "--threads", "1", "--out", str(out), "--ray", ray_cluster],
+                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not run.stdout.readline().startswith("ray: cluster at"):
+        assert run.poll() is None, run.stderr.read()
+    time.sleep(8)  # the tasks are at work, their outputs staged
+    run.send_signal(signal.SIGINT)
+    stdout, stderr = run.communicate(timeout=120)
+    assert run.returncode == 130, stderr
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    for name in VIDEOS:
+        video, lines = out / f"{Path(name).stem}_fdlm.mp4", out / f"{Path(name).stem}_fdlm.jsonl"
+        assert video.exists() == lines.exists()
+        if video.exists():
+            assert len(frames_of(video)) == len(lines.read_text().splitlines()) > 0

@@ -12,6 +12,7 @@ path on every node (a shared filesystem), as for scrfd.py --ray.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from ..videos import BatchSummary, EveryFrame, VideoOptions, VideoPaths, VideoSu
 from .ray_jobs import connect, ray
 
 POLL_SECONDS = 0.5  # how often the driver looks for a stop request while tasks run
+CANCEL_SECONDS = 30.0  # how long stopped tasks get to finish their frames in hand
 
 
 def one_video(make_detector: Callable, video: Path | str, where: VideoPaths,
@@ -95,6 +97,13 @@ def collect(pending: dict, videos: Sequence, stop: StopRequests, done: Callable)
                     raise UserError(f"the Ray task for {videos[index]} failed: "
                                     f"{one_line(err)}") from None
                 done(results[index])
-        for ref in pending:  # a KeyboardInterrupt in the task: its staged files are removed
-            ray.cancel(ref)
+        for ref in pending:  # a KeyboardInterrupt in the task: it finishes or removes its
+            ray.cancel(ref)  # staged files, as a local run does on Ctrl-C
+        if pending:  # ...before the cluster goes; what they wrote is reported
+            ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=CANCEL_SECONDS)
+            for ref in ready:
+                index = pending.pop(ref)
+                with contextlib.suppress(ray.exceptions.RayError):  # cancelled before it began
+                    results[index] = ray.get(ref)
+                    done(results[index])
     return results

@@ -169,9 +169,9 @@ class VideoSummary:
         if self.stopped:
             return f"{self.stopped} after {self.frames} frames; both outputs hold those frames"
         if self.stream and not self.limited:
+            why = self.broken or "the connection closed: its sender stopped or went away"
             return (f"warning: the stream {self.source} ended after {self.frames} frames "
-                    f"({self.broken or 'its sender closed it'}); both outputs hold the frames "
-                    "received")
+                    f"({why}); both outputs hold the frames received")
         if self.truncated:
             return (f"warning: {self.source} ended after {self.frames} of the "
                     f"{self.announced or 'unknown number of'} frames it announces (truncated "

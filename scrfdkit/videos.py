@@ -188,7 +188,7 @@ class VideoSummary:
     def truncated(self) -> bool:
         """The source ended before the frames it announced (damaged, or cut short)."""
         return bool(self.broken) or bool(self.announced and self.frames < self.announced
-                                         and self.frames != self.max_frames)
+                                         and self.frames != self.max_frames and not self.limited)
 
 
 @dataclass(frozen=True)

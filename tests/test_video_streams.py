@@ -193,3 +193,12 @@ def test_stream_names():
     assert output_names(["rtsp://a/cam", "rtsp://b/cam", Path("x/cam.mp4")]) == [
         Path("cam_2"), Path("cam_3"), Path("cam")]
     assert "srt" not in STREAM_SCHEMES and {"http", "rtsp", "udp"} <= set(STREAM_SCHEMES)
+
+
+def test_duration_bounds_a_file_too(fixed_onnx, tmp_path):
+    run = run_script("video_inference_fdlm.py", "--video", SAMPLES / "hamilton_360p.mp4",
+                     "--model", fixed_onnx, "--out", tmp_path, "--duration", "1")
+    lines = (tmp_path / "hamilton_360p_fdlm.jsonl").read_text().splitlines()
+    assert len(lines) == 30 == decoded_frames(tmp_path / "hamilton_360p_fdlm.mp4")  # 29.97 fps
+    assert json.loads(lines[-1])["time"] - json.loads(lines[0])["time"] < 1.0
+    assert "warning" not in run.stderr

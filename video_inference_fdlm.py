@@ -6,6 +6,8 @@ Writes an annotated (or, with --blur, anonymised) video that keeps the source's 
 blurred region with its face's track id), then prints a summary of frames, faces and where the
 time went. Decoding, inference and drawing/encoding run side by side, so a video goes at
 about the model's speed. A phone's portrait video is turned upright (its display matrix).
+A live stream (a URL; see --timeout) is recorded until its sender stops, it stalls, a limit or
+Ctrl-C (exit 0), its .mp4 fragmented so it plays however the run ends. --ray: one video a task.
 
     python video_inference_fdlm.py --video data/fatboygang.mp4   # -> results/fatboygang_fdlm.mp4
     python video_inference_fdlm.py --video clip.mp4 --blur --two-pass --out /tmp/o/clip.webm
@@ -24,13 +26,12 @@ written frame (the run's model and a stronger one), and exits 1 if one is left.
 
 A video that breaks mid-way keeps every frame decoded before the break (with a warning); one
 that cannot be read is counted and skipped. Ctrl-C or SIGTERM finishes the frames in hand and
-ends the batch (exit 130 or 143): every finished video is kept, and the partial one appears if
-there was no earlier result there. Outputs never replace an earlier result after an error.
+ends the batch (exit 130 or 143): every finished video is kept, the partial one appears if
+there was no earlier result. Outputs never replace an earlier result after an error.
 """
 from __future__ import annotations
 
 import functools
-import json
 import sys
 from pathlib import Path
 
@@ -39,19 +40,20 @@ import cv2
 from scrfdkit.cli import (DEFAULT_MODEL, MODELS_DIR, RESULTS_DIR, WINDOW, ArgumentParser,
                           add_detector_arguments, add_face_output_arguments, add_tile_argument,
                           add_verify_arguments, add_video_blur_arguments,
-                          add_video_encoding_arguments, camera_index,
+                          add_video_encoding_arguments, add_video_run_arguments, camera_index,
                           check_face_output_options, check_model, cli, count, detector_options,
                           display, open_detector, open_window, show_frame, tile_setting)
 from scrfdkit.defaults import VIDEO_BLUR_SCORE_THRESHOLD
 from scrfdkit.errors import UserError
-from scrfdkit.files import VIDEO_FILE_SUFFIXES, check_output_folder, find_images
+from scrfdkit.files import check_output_folder
 from scrfdkit.metadata import metadata_path
-from scrfdkit.privacy import (DEFAULT_VERIFY_MODEL, VERIFY_SCORE, report_verification,
-                              verifiers_for, verify_video)
+from scrfdkit.privacy import (DEFAULT_VERIFY_MODEL, VERIFY_SCORE, verifiers_for,
+                              verify_video_run)
 from scrfdkit.pipeline import StopRequests
-from scrfdkit.video import VideoUnreadable
+from scrfdkit.scale.reach import CONNECT_TIMEOUT, check_reachable
+from scrfdkit.video import VideoUnreadable, is_stream
 from scrfdkit.video_sink import VIDEO_SUFFIXES, check_encoding, spare_threads
-from scrfdkit.video_api import SUFFIX, output_names, output_paths
+from scrfdkit.video_api import SUFFIX, find_videos, output_names, output_paths
 from scrfdkit.videos import (EveryFrame, VideoOptions, VideoSummary, describe_detection,
                              run_videos)
 
@@ -59,8 +61,9 @@ def parse_args(argv: list[str] | None = None):
     parser = ArgumentParser(__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--video", nargs="+", metavar="PATH",
-                        help="video files, folders (searched recursively) or glob patterns; "
-                             "a video that cannot be read is counted, skipped, and the rest go on")
+                        help="video files, folders (searched recursively), glob patterns or "
+                             "live stream URLs (see --timeout); a video that cannot be read is "
+                             "counted, skipped, and the rest go on")
     source.add_argument("--webcam", type=camera_index, metavar="INDEX",
                         help="camera index (0 is the first camera); stop with Ctrl-C or "
                              "--max-frames")
@@ -75,9 +78,8 @@ def parse_args(argv: list[str] | None = None):
                              "in .mp4/.mov/.mkv, VP9 in .webm")
     parser.add_argument("--json", type=Path, default=None,
                         help="one video's JSON lines file, one line per frame (default: beside "
-                             "each video, "
-                             f"<out>/<video stem>{SUFFIX}.jsonl, or for an --out file <that "
-                             "file's name>.jsonl, so x.avi and x.mkv keep their own)")
+                             f"each video, <out>/<video stem>{SUFFIX}.jsonl, or for an --out "
+                             "file <that file's name>.jsonl, so x.avi and x.mkv keep their own)")
     parser.add_argument("--max-frames", type=count, default=0,
                         help="stop after this many frames (default 0: the whole video; webcam "
                              "until Ctrl-C)")
@@ -89,13 +91,14 @@ def parse_args(argv: list[str] | None = None):
     add_detector_arguments(parser, per="frame", blur_score=VIDEO_BLUR_SCORE_THRESHOLD)
     add_tile_argument(parser, per="frame", blur=True)
     add_verify_arguments(parser, "frame", DEFAULT_VERIFY_MODEL, VERIFY_SCORE)
+    add_video_run_arguments(parser, CONNECT_TIMEOUT)
     args = parser.parse_args(argv)
     if not 0 <= args.blur_grow <= 2:
         parser.error(f"--blur-grow must be between 0 and 2, got {args.blur_grow:g}")
     if args.two_pass and not args.blur:
         parser.error("--two-pass goes with --blur (it decides what to hide)")
-    if args.two_pass and args.webcam is not None:
-        parser.error("--two-pass needs a --video file (a camera cannot be read twice)")
+    if args.two_pass and (args.webcam is not None or any(map(is_stream, args.video))):
+        parser.error("--two-pass needs video files (a camera or a stream cannot be read twice)")
     return args
 
 
@@ -106,12 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     model_path = check_model(args.model)
     check_face_output_options(args)
     check_encoding(args.crf, args.preset)
+    if args.ray is not None:
+        check_reachable(args.ray)
     if args.crops is not None:
         check_output_folder(args.crops, "--crops")
     passed_over: list[str] = []
     exclude = [args.out] + ([args.crops] if args.crops else [])
-    videos = find_images(args.video, exclude, passed_over, VIDEO_FILE_SUFFIXES, {}) \
-        if args.video else [args.webcam]
+    videos = find_videos(args.video, exclude, passed_over) if args.video else [args.webcam]
     if not videos:
         raise UserError(f"no videos found in {' '.join(args.video)}")
     names = output_names(videos) if args.video else [Path(f"webcam{args.webcam}")]
@@ -119,32 +123,40 @@ def main(argv: list[str] | None = None) -> int:
                          [*videos[:len(args.video or ())], args.model, metadata_path(args.model)])
     options = VideoOptions.of(args, encoder_threads=spare_threads(args.threads))
     tile = tile_setting(args)
-    detector = open_detector(detector_options(args, model_path, options.detect_from, tile),
-                             args.device)
+    recipe = functools.partial(open_detector, detector_options(  # --ray: made per task
+        args, model_path, options.detect_from, tile), args.device)
+    detector = recipe()
     if args.crops and not detector.has_landmarks:
         raise UserError(f"--crops needs landmarks, and {display(model_path)} has none")
     print(f"model {display(model_path)}: {describe_detection(detector, options, tile)}"
           + (f"; {len(videos)} videos" if len(videos) > 1 else ""))
     stop = StopRequests()
     show = functools.partial(show_frame, WINDOW, stop) if args.show else None
+    done = functools.partial(report, args, tile)
     try:
-        batch = run_videos(EveryFrame(detector), videos, paths, options, stop, lambda source: print(
-            f"source {source.name}: {source.total or 'unknown number of'} frames at "
-            f"{source.fps:.2f} fps"), functools.partial(report, args, tile), show)
+        if args.ray is not None:  # Ray only when asked for
+            from scrfdkit.scale.video_jobs import run_videos_on_ray
+            batch = run_videos_on_ray(recipe, videos, paths, options, stop, args.ray or None,
+                                      args.threads, done)
+        else:
+            batch = run_videos(EveryFrame(detector), videos, paths, options, stop, lambda s: print(
+                f"source {s.name}: {s.total or 'unknown number of'} frames at {s.fps:.2f} fps"),
+                done, show)
     finally:
         if args.show:
             cv2.destroyAllWindows()
     if len(videos) > 1:
-        print(f"videos: {len(videos)}: {len(batch.runs)} done, {len(batch.skipped)} skipped "
-              "(not a video, or damaged)" + f", {len(passed_over)} more passed over" *
-              bool(passed_over) + f"; {batch.frames} frames, {batch.faces} faces in "
-              f"{batch.seconds:.1f} s: {batch.frames / batch.seconds:.1f} fps overall")
+        print(batch.describe(len(passed_over)))
     if stop.terminated:
         return 143
-    if stop.reason.startswith("interrupted") and args.video:
+    if stop.reason.startswith("interrupted") and any(isinstance(v, Path) for v in videos):
         return 130
-    return max((verify(args, detector, run.video, run.json) for run in batch.runs
-                if run.written), default=0) if args.verify else 0
+    if not args.verify:
+        return 0
+    verifiers = verifiers_for(detector.model_path, detector.input_hw, args.verify_model,
+                              MODELS_DIR / DEFAULT_VERIFY_MODEL, args.threads)
+    return max((verify_video_run(verifiers, run.video, run.json) for run in batch.runs
+                if run.written), default=0)
 
 
 def report(args, tile: int | None, run: VideoSummary | VideoUnreadable) -> None:
@@ -181,16 +193,6 @@ def report(args, tile: int | None, run: VideoSummary | VideoUnreadable) -> None:
         if args.crops is not None:
             print(f"aligned crops ({args.crop_size}x{args.crop_size}): {display(args.crops)}/")
         print(f"faces (JSON lines): {display(run.json)}")
-
-
-def verify(args, detector, video_path: Path, json_path: Path) -> int:
-    """--verify: every written frame searched again; each frame with a face left, and exit 1."""
-    verifiers = verifiers_for(detector.model_path, detector.input_hw, args.verify_model,
-                              MODELS_DIR / DEFAULT_VERIFY_MODEL, args.threads)
-    records = [json.loads(line) for line in json_path.read_text().splitlines()]
-    results = ((f"{video_path}#frame{index}", left)
-               for index, left in verify_video(verifiers, video_path, records))
-    return report_verification(verifiers, results, len(records), "frame")
 
 
 if __name__ == "__main__":

@@ -424,6 +424,39 @@ def add_video_encoding_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{PRESET_HELP})")
 
 
+def seconds(text: str) -> float:
+    """An argparse type: seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}")
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text}")
+    return value
+
+
+def add_video_run_arguments(parser: argparse.ArgumentParser, connect_timeout: float) -> None:
+    """--duration, --timeout (live streams) and --ray (a cluster) for the video script."""
+    from .video import STREAM_SCHEMES, STREAM_TIMEOUT
+
+    parser.add_argument("--duration", type=seconds, default=0.0, metavar="SECONDS",
+                        help="stop after this many seconds of video, counted on its own clock "
+                             "from its first frame (default 0: no limit; a stream runs until "
+                             "its sender stops, it stalls, or Ctrl-C)")
+    parser.add_argument("--timeout", type=seconds, default=STREAM_TIMEOUT, metavar="SECONDS",
+                        help="a stream URL (" + ", ".join(f"{s}://" for s in STREAM_SCHEMES)
+                             + "): seconds to wait for it to connect and for each read; a "
+                             "stream silent that long ends, and keeps what was received "
+                             f"(default {STREAM_TIMEOUT:g})")
+    parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                        help="one video per task on a Ray cluster (pip install .[scale]): no "
+                             "ADDRESS joins or starts one as Ray does (RAY_ADDRESS, then a "
+                             "local `ray start` cluster, else a new one); 'auto', host:port or "
+                             "ray://host:10001 name one, 'local' always starts a new one here; "
+                             "a named address that takes no connection within "
+                             f"{connect_timeout:g} s is an error")
+
+
 WINDOW = "SCRFD faces (q or Esc to stop)"  # the video script's --show window
 
 

@@ -21,6 +21,7 @@ from VERIFY_SCORE, the photo default: a face an ordinary run of scrfd.py would r
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import sys
@@ -194,6 +195,15 @@ def verify_video(verifiers: Sequence[Verifier], video: Path, records: Sequence[d
         for index, (frame, record) in enumerate(zip(source.frames(), records)):
             hidden = [region["box"] for region in record.get("blurred", [])]
             yield index, faces_left(verifiers, frame.image, np.asarray(hidden).reshape(-1, 4))
+
+
+def verify_video_run(verifiers: Sequence[Verifier], video: Path, json_path: Path) -> int:
+    """--verify after a video run: each written frame decoded back and searched, beside its
+    JSON line's blurred regions; a warning per frame with a face left, and 1 if there is one."""
+    records = [json.loads(line) for line in Path(json_path).read_text().splitlines()]
+    results = ((f"{video}#frame{index}", left)
+               for index, left in verify_video(verifiers, video, records))
+    return report_verification(verifiers, results, len(records), "frame")
 
 
 def report_verification(verifiers: Sequence[Verifier], results: Iterator[tuple[str, list]],

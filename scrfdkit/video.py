@@ -7,7 +7,9 @@ timestamps (a variable frame rate or a stream start offset is lost). Webcams sta
 from __future__ import annotations
 
 import math
+import re
 import sys
+import urllib.parse
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -20,6 +22,10 @@ import numpy as np
 from .errors import UserError
 from .files import IMAGE_SUFFIXES, opencv_quiet
 
+# URL schemes of the stream protocols (and the RTSP demuxer) in PyAV 18.1's FFmpeg 8.1
+# (avio_enum_protocols); srt:// is not among them (no libsrt in the wheel).
+STREAM_SCHEMES = ("http", "https", "rtsp", "rtsps", "rtmp", "rtmps", "udp", "rtp", "tcp")
+STREAM_TIMEOUT = 10.0  # seconds to connect to a stream, and to wait for each of its reads
 FALLBACK_FPS = 30.0  # when the source does not say (many webcams)
 WEBCAM_TIME_BASE = Fraction(1, 1000)  # webcam frames are stamped in milliseconds
 DISPLAYMATRIX = av.sidedata.sidedata.Type.DISPLAYMATRIX  # how a phone says "turn me upright"
@@ -51,6 +57,8 @@ class VideoSource:
     done: the audio packets handed along still belong to it.
     """
 
+    live = False  # a file: it can be read twice, and a stop request leaves it unfinished
+
     def __init__(self, path: Path) -> None:
         if not path.is_file():
             raise VideoUnreadable(f"no such video file: {path}")
@@ -66,7 +74,11 @@ class VideoSource:
         if not self.container.streams.video:
             self.container.close()
             raise VideoUnreadable(f"cannot open video {path}: it has no video stream")
-        self.path, self.name, self.stem = path, str(path), path.stem
+        self._setup(path, str(path), path.stem)
+
+    def _setup(self, path: Path | None, name: str, stem: str) -> None:
+        """The video stream, its rate, size and rotation, from the opened container."""
+        self.path, self.name, self.stem = path, name, stem
         self.stream = self.container.streams.video[0]
         self.stream.thread_type = "AUTO"  # frame and slice threads: 1080p decodes at 40+ fps
         self.audio = list(self.container.streams.audio)
@@ -76,6 +88,7 @@ class VideoSource:
         self.fps = float(rate) if rate and 0 < float(rate) <= 1000 else FALLBACK_FPS
         self.total = self.stream.frames or self._estimated_frames()
         self.broken = ""
+        self.error: Exception | None = None  # what broke the stream, when something did
         self.legacy_rotation = legacy_rotation(self.stream.metadata)
         self.rotation = 0  # degrees counter-clockwise the frames are turned (see upright())
         self.rotated_by = ""  # what asked for it: "display matrix" or "rotate tag"
@@ -97,7 +110,7 @@ class VideoSource:
         audio: list = []
         count, last_pts, end = 0, None, None
         try:
-            for packet in self.container.demux(self.stream, *self.audio, *self.subtitles):
+            for packet in self._packets():
                 if packet.stream.type != "video":  # audio and subtitles go with their frame
                     if packet.dts is None:
                         continue  # a flush marker, no data
@@ -125,10 +138,21 @@ class VideoSource:
                 if end is not None and not (self.audio or self.subtitles):
                     break
         except av.error.FFmpegError as err:
-            self.broken = _reason(err)
+            self.broken, self.error = _reason(err), err
         if held is not None:
             held.audio = [p for p in audio if end is None or _seconds(p) < end]
             yield held
+
+    def _packets(self) -> Iterator[av.Packet]:
+        """The demuxed packets; where the input breaks, an empty video packet after them, so
+        the decoder gives up the frames it still holds (a threaded decoder holds several)."""
+        try:
+            yield from self.container.demux(self.stream, *self.audio, *self.subtitles)
+        except av.error.FFmpegError as err:
+            self.broken, self.error = _reason(err), err
+            flush = av.Packet()
+            flush.stream = self.stream
+            yield flush
 
     def reopen(self) -> "VideoSource":
         """The same file opened again, from its first frame (the second of two passes)."""
@@ -144,9 +168,63 @@ class VideoSource:
         self.close()
 
 
+class StreamSource(VideoSource):
+    """A live stream FFmpeg opens from a URL (STREAM_SCHEMES): read with a timeout, so a
+    stream that stalls ends the frames (`broken` says so) instead of hanging the run. It
+    cannot be read twice, it has no frame count, and a stop request is its normal end."""
+
+    live = True
+
+    def __init__(self, url: str, timeout: float = STREAM_TIMEOUT) -> None:
+        scheme = url.split("://", 1)[0].lower()
+        if scheme not in STREAM_SCHEMES:
+            raise VideoUnreadable(f"cannot open {url}: {scheme}:// is not among the stream "
+                                  f"protocols of this FFmpeg ({', '.join(STREAM_SCHEMES)})")
+        try:  # (open, read): seconds to connect, and to wait for each read
+            self.container = av.open(url, timeout=(timeout, timeout), metadata_errors="ignore")
+        except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as err:
+            raise VideoUnreadable(f"cannot open stream {url} ({_reason(err)})") from None
+        if not self.container.streams.video:
+            self.container.close()
+            raise VideoUnreadable(f"cannot open stream {url}: it has no video stream")
+        self.timeout = timeout
+        self._setup(None, url, stream_stem(url))
+        self.total = None  # live: however many frames arrive
+
+    def frames(self, limit: int = 0) -> Iterator[Frame]:
+        yield from super().frames(limit)
+        if isinstance(self.error, av.error.ExitError):  # FFmpeg's answer to the read timeout
+            self.broken = f"no data for {self.timeout:g} s"
+
+    def reopen(self) -> "VideoSource":
+        raise UserError(f"{self.name} is a live stream: it cannot be read twice")
+
+
+def stream_stem(url: str) -> str:
+    """The outputs' name for a stream: the last part of its path, else its host and port
+    (rtsp://cam/live/main -> main; udp://@:5000 -> udp_5000)."""
+    parts = urllib.parse.urlsplit(url)
+    stem = Path(parts.path).stem or f"{parts.scheme}_{parts.netloc}"
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", stem).strip("_.") or parts.scheme
+
+
+def is_stream(video: object) -> bool:
+    """A URL (scheme://...) rather than a file name."""
+    return isinstance(video, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", video) is not None
+
+
+def open_video(video: Path | str | int, timeout: float = STREAM_TIMEOUT
+               ) -> VideoSource | WebcamSource:
+    """A file (Path), a stream (a URL) or a camera (int) opened for reading."""
+    if isinstance(video, int):
+        return WebcamSource(video)
+    return StreamSource(video, timeout) if is_stream(video) else VideoSource(Path(video))
+
+
 class WebcamSource:
     """A camera through OpenCV; frames are stamped at the camera's nominal rate."""
 
+    live = True  # a stop request is its normal end; it cannot be read twice
     audio: list = []
     subtitles: list = []
     time_base = WEBCAM_TIME_BASE

@@ -21,10 +21,11 @@ from .defaults import DEFAULT_THREADS, NMS_THRESHOLD, TILE_FACE
 from .detections import Detections
 from .detector import SCRFD
 from .errors import UserError
-from .files import Output, check_output_file, check_output_folder, check_outputs
+from .files import (VIDEO_FILE_SUFFIXES, Output, check_output_file, check_output_folder,
+                    check_outputs, find_images)
 from .metadata import metadata_path
 from .pipeline import StopRequests
-from .video import VideoSource, WebcamSource
+from .video import VideoSource, WebcamSource, is_stream, open_video, stream_stem
 from .video_sink import VIDEO_SUFFIXES, spare_threads
 from .videos import (EveryFrame, VideoJob, VideoOptions, VideoPaths, VideoSummary, run_video,
                      video_detector)
@@ -32,10 +33,35 @@ from .videos import (EveryFrame, VideoJob, VideoOptions, VideoPaths, VideoSummar
 SUFFIX = "_fdlm"  # <out>/<video stem>_fdlm.mp4 and .jsonl
 
 
-def output_names(videos: list[Path]) -> list[Path]:
-    """Each video's name under --out (its outputs add _fdlm.mp4, _fdlm.jsonl): its stem;
-    videos that share a stem keep their sub-folders (relative to the folder they share), and
-    those still alike (x.mp4 and x.mkv) get their suffix added (x_mp4, x_mkv)."""
+def find_videos(patterns: list[str], exclude: list[Path] = (),
+                passed_over: list[str] | None = None) -> list[Path | str]:
+    """--video's files, folders and globs expanded (as --image's are), then its stream URLs
+    as given."""
+    files = [p for p in patterns if not is_stream(p)]
+    return (find_images(files, exclude, passed_over, VIDEO_FILE_SUFFIXES, {}) if files else []) \
+        + [p for p in patterns if is_stream(p)]
+
+
+def output_names(videos: list[Path | str]) -> list[Path]:
+    """Each video's name under --out (its outputs add _fdlm.mp4, _fdlm.jsonl): its stem, a
+    stream's from its URL (see stream_stem); videos that share a stem keep their sub-folders
+    (relative to the folder they share), and those still alike (x.mp4 and x.mkv) get their
+    suffix added (x_mp4, x_mkv); streams alike get _2, _3..."""
+    files = iter(_file_names([v for v in videos if not is_stream(v)]))
+    names = [None if is_stream(v) else next(files) for v in videos]
+    taken = Counter(str(name).lower() for name in names if name is not None)
+    for index, video in enumerate(videos):
+        if is_stream(video):
+            stem = stream_stem(video)
+            taken[stem.lower()] += 1
+            seen = taken[stem.lower()]
+            names[index] = Path(stem if seen == 1 else f"{stem}_{seen}")
+    return names
+
+
+def _file_names(videos: list[Path]) -> list[Path]:
+    if not videos:
+        return []
     stems = [p.stem.lower() for p in videos]
     if len(set(stems)) == len(stems):
         names = [Path(p.stem) for p in videos]
@@ -79,7 +105,7 @@ def output_paths(out: Path, json_path: Path | None, names: list[Path], crops: Pa
                                   f"{stem}_frame<N>_face<M>.png", stem=stem,
                                   tail=r"_frame\d+_face\d+\.png"))
         paths.append(VideoPaths(video, json_file, str(name)))
-    check_outputs(planned, [path for path in inputs if path is not None])
+    check_outputs(planned, [p for p in inputs if p is not None and not is_stream(p)])
     return paths
 
 
@@ -110,7 +136,7 @@ def _prepared(model: SCRFD | str | os.PathLike, tile: int | bool | None, nms: fl
 
 
 def _source(video: str | os.PathLike | int) -> VideoSource | WebcamSource:
-    return WebcamSource(video) if isinstance(video, int) else VideoSource(Path(video))
+    return open_video(video if isinstance(video, (int, str)) else Path(video))
 
 
 def video_faces(video: str | os.PathLike | int, model: SCRFD | str | os.PathLike, *,

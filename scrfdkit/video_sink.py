@@ -48,6 +48,11 @@ OUTPUT_FORMATS = {
     ".webm": OutputFormat("webm", "libvpx-vp9", "libopus", frozenset({"opus", "vorbis"}),
                           subtitles=frozenset({"webvtt"})),
 }
+# A live source's .mp4/.mov is fragmented (a fragment a second, each flushed to the file when
+# done): what was written plays even if the run is killed before it ends the file (Matroska
+# and WebM play cut short as they are).
+LIVE_OPTIONS = {"movflags": "+frag_keyframe+empty_moov+default_base_moof",
+                "frag_duration": "1000000", "flush_packets": "1"}
 KEPT_TAGS = ("language", "title")  # what each side stream keeps: players list tracks by them
 VIDEO_SUFFIXES = set(OUTPUT_FORMATS)
 CODEC_NAMES = {"libx264": "H.264", "libvpx-vp9": "VP9", "aac": "AAC", "libopus": "Opus"}
@@ -156,7 +161,8 @@ class VideoSink:
         if self.auto:
             self.preset = auto_preset(width, height, self.format.video_codec)
         container = av.open(str(self._staged.path(self.path)), "w", format=self.format.muxer,
-                            options=self.format.options)
+                            options=LIVE_OPTIONS if getattr(self._source, "live", False)
+                            and "movflags" in self.format.options else self.format.options)
         self._container = container
         video = container.add_stream(self.format.video_codec, rate=_rate(self._source.fps))
         video.width, video.height = self.padded

@@ -33,7 +33,8 @@ from .tiles import largest_tile_face
 from .timing import Profile
 from .tracker import (DEFAULT_HOLD, DEFAULT_TRACK_SCORE, CutDetector, FaceTracker, Region,
                       track_video)
-from .video import Frame, VideoSource, VideoUnreadable, WebcamSource
+from .video import (STREAM_TIMEOUT, Frame, StreamSource, VideoSource, VideoUnreadable,
+                    WebcamSource, open_video)
 from .video_sink import DEFAULT_PRESET, VideoSink, patch_yuv
 
 QUEUE_DEPTH = 8  # frames decoded ahead of, and drawn/encoded behind, the model
@@ -54,6 +55,8 @@ class VideoOptions:
     crops: Path | None = None  # folder for aligned face crops, or None
     crop_size: int = ARCFACE_SIZE
     max_frames: int = 0  # 0: every frame
+    duration: float = 0.0  # seconds of video from its first frame (0: no limit)
+    timeout: float = STREAM_TIMEOUT  # a stream: seconds to connect, and to wait for a read
     crf: int | None = None  # None: the encoder's default quality
     preset: str = DEFAULT_PRESET
     encoder_threads: int = 0  # 0: the encoder's own choice
@@ -148,6 +151,8 @@ class VideoSummary:
     rotated_by: str = ""  # what asked for the turn: the display matrix, or the rotate tag
     left_out: list[str] = field(default_factory=list)  # side streams the output cannot hold
     max_frames: int = 0  # the frame limit it ran with (0: none)
+    stream: bool = False  # a live stream (a URL): it ends when its sender stops or stalls
+    limited: bool = False  # ended by --max-frames or --duration
 
     @property
     def written(self) -> bool:
@@ -164,6 +169,10 @@ class VideoSummary:
                     f"{display(self.video)} and {display(self.json)} are kept as they were")
         if self.stopped:
             return f"{self.stopped} after {self.frames} frames; both outputs hold those frames"
+        if self.stream and not self.limited:
+            why = self.broken or "the connection closed: its sender stopped or went away"
+            return (f"warning: the stream {self.source} ended after {self.frames} frames "
+                    f"({why}); both outputs hold the frames received")
         if self.truncated:
             return (f"warning: {self.source} ended after {self.frames} of the "
                     f"{self.announced or 'unknown number of'} frames it announces (truncated "
@@ -180,7 +189,7 @@ class VideoSummary:
     def truncated(self) -> bool:
         """The source ended before the frames it announced (damaged, or cut short)."""
         return bool(self.broken) or bool(self.announced and self.frames < self.announced
-                                         and self.frames != self.max_frames)
+                                         and self.frames != self.max_frames and not self.limited)
 
 
 @dataclass(frozen=True)
@@ -217,6 +226,7 @@ class VideoJob:
         self.profile = Profile()
         self.cuts = CutDetector()
         self.lines: list[str] = []
+        self.limited = False  # --duration ended the frames
         self.wanted = min(filter(None, (source.total, options.max_frames)), default=None)
 
     def decoded(self, frames: Iterator[Frame], prepare: bool = True
@@ -237,11 +247,26 @@ class VideoJob:
                     cut = self.cuts(frame.image)
             yield frame, self.step.prepare(frame.image), cut
 
+    def frames(self) -> Iterator[Frame]:
+        """The source's frames, up to --max-frames and --duration (seconds from the first)."""
+        frames = self.source.frames(self.options.max_frames)
+        if not self.options.duration:
+            yield from frames
+            return
+        with contextlib.closing(frames):
+            start = None
+            for frame in frames:
+                start = frame.time if start is None else start
+                if frame.time - start >= self.options.duration:
+                    self.limited = True
+                    return
+                yield frame
+
     def detected(self) -> Iterator[tuple[Frame, Detections, list[Region] | None]]:
         """One pass: each frame, its faces, and with blur the regions the tracker hides."""
         tracker = FaceTracker(self.threshold, self.options.track_score,
                               self.options.track_hold) if self.options.blur else None
-        frames = self.source.frames(self.options.max_frames)
+        frames = self.frames()
         for frame, prepared, cut in read_ahead(self.decoded(frames), QUEUE_DEPTH):
             if self.stop:
                 return
@@ -257,7 +282,7 @@ class VideoJob:
         """Two passes, the first: detect and track the whole video, nothing written; None when
         stopped."""
         found, cut_flags = [], []
-        frames = self.source.frames(self.options.max_frames)
+        frames = self.frames()
         with tqdm(total=self.wanted, unit="frame", desc=f"{self.source.stem} 1/2",
                   dynamic_ncols=True, delay=1, disable=not self.progress) as bar:
             for frame, prepared, cut in read_ahead(self.decoded(frames), QUEUE_DEPTH):
@@ -364,7 +389,7 @@ class VideoJob:
                     else:
                         self.write(self.detected(), summary, staged, self.wanted, source.stem)
                     summary.stopped = self.stop.reason
-                    summary.kept = bool(summary.stopped) and isinstance(source, VideoSource) \
+                    summary.kept = bool(summary.stopped) and not source.live \
                         and (video_path.exists() or json_path.exists())
                     if not summary.kept:
                         staged.commit()
@@ -372,6 +397,8 @@ class VideoJob:
                 source.close()  # after the writer: the audio packets it muxed came from here
         summary.seconds = time.perf_counter() - started
         summary.broken = summary.broken or source.broken
+        summary.stream = isinstance(source, StreamSource)
+        summary.limited = self.limited or summary.frames == options.max_frames
         summary.rotation = getattr(source, "rotation", 0)
         summary.rotated_by = getattr(source, "rotated_by", "")
         summary.passes = detector.total_passes - passes
@@ -391,8 +418,9 @@ def run_video(step: EveryFrame, source: VideoSource | WebcamSource, video_path: 
     after a stop request (Ctrl-C, SIGTERM or `stop`). `on_frame(image)` sees every written
     frame (on the writer thread); crops are named <crop_name>_frame<N>_face<M>.png (default:
     the source's stem). Closes `source`. VideoUnreadable when no frame decodes."""
-    if options.two_pass and not isinstance(source, VideoSource):
-        raise UserError("two passes need a video file (a camera cannot be read twice)")
+    if options.two_pass and source.live:
+        raise UserError("two passes need a video file (a camera or a stream cannot be read "
+                        "twice)")
     job = VideoJob(step, source, options, StopRequests() if stop is None else stop, on_frame,
                    progress, crop_name)
     return job.run(video_path, json_path)
@@ -415,14 +443,21 @@ class BatchSummary:
     def faces(self) -> int:
         return sum(run.faces for run in self.runs)
 
+    def describe(self, passed_over: int = 0) -> str:
+        """The batch's summary line: videos done and skipped, frames, faces, overall fps."""
+        return (f"videos: {self.given}: {len(self.runs)} done, {len(self.skipped)} skipped (not "
+                "a video, or damaged)" + f", {passed_over} more passed over" * bool(passed_over)
+                + f"; {self.frames} frames, {self.faces} faces in {self.seconds:.1f} s: "
+                f"{self.frames / self.seconds:.1f} fps overall")
 
-def run_videos(step: EveryFrame, videos: list[Path | int], paths: list[VideoPaths],
+
+def run_videos(step: EveryFrame, videos: list[Path | str | int], paths: list[VideoPaths],
                options: VideoOptions = VideoOptions(), stop: StopRequests | None = None,
                started: Callable[[VideoSource], None] = lambda source: None,
                done: Callable[[VideoSummary | VideoUnreadable], None] = lambda result: None,
                on_frame: Callable[[np.ndarray], None] | None = None, progress: bool = True
                ) -> BatchSummary:
-    """Every video (a file, or an int: a camera) through run_video() in turn, `started(source)`
+    """Every video (a file, a stream's URL, or an int: a camera) through run_video() in turn, `started(source)`
     before and `done(summary)` after each. A video that is no video or has no frame to
     decode is skipped (`done(error)`) and the batch goes on; a stop
     request finishes the frames in hand of the current video and ends the batch, every
@@ -435,7 +470,7 @@ def run_videos(step: EveryFrame, videos: list[Path | int], paths: list[VideoPath
             if stop:
                 break
             try:
-                source = WebcamSource(video) if isinstance(video, int) else VideoSource(video)
+                source = open_video(video, options.timeout)
                 started(source)
                 run = run_video(step, source, where.video, where.json, options, stop, on_frame,
                                 progress, where.name)

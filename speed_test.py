@@ -37,6 +37,7 @@ from scrfdkit.bench.model_stats import (ModelStatsError, load_graph, model_stati
                                         print_statistics, statistics_summary, xnnpack_coverage)
 from scrfdkit.bench.op_profile import profile_ops
 from scrfdkit.bench.speed import Config
+from scrfdkit.bench.thread_speed import shared_table, time_shared
 from scrfdkit.bench.tile_speed import DEFAULT_PHOTOS, tile_rows, tile_table, time_tiles
 from scrfdkit.cli import (DATA_DIR, DEFAULT_WIDER, MODELS_DIR, REPO, RESULTS_DIR, ArgumentParser,
                           cli, fraction, parse_hw, positive_int)
@@ -85,6 +86,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "WIDER val photos or --image, per --models (default: det_500m "
                              "480x640 float32 and int8 .tflite from --models-dir) and the first "
                              "--threads value, and exit")
+    parser.add_argument("--shared-threads", type=thread_list, default=None, metavar="K,...",
+                        help="only time one detector called by K threads at once (e.g. 1,4), "
+                             "its runners a lock (1) or a pool of 2, single pass (with --tile: "
+                             "tiled), on the --tile photos and models, and exit")
     parser.add_argument("--models", nargs="+", default=None, metavar="MODEL",
                         help="models to time, files or globs (default: det_500m at 640x640 from "
                              "--models-dir: ONNX, TFLite float32 and int8)")
@@ -219,6 +224,21 @@ def run_tile_timing(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_shared_timing(args: argparse.Namespace) -> int:
+    """--shared-threads: one detector's photos per second with K threads calling it."""
+    models = expand_models(args.models) if args.models else [
+        args.models_dir / name for name in TILE_MODELS if (args.models_dir / name).exists()]
+    photos = photos_to_time(args.image, DEFAULT_WIDER / "WIDER_val" / "images", 4)
+    env, threads, tile = environment(), args.threads[0], bool(args.tile)
+    timings = time_shared(models, [image for _, image in photos], threads, args.shared_threads,
+                          [1, 2], args.repeat, tile)
+    lines = shared_table(timings, env, threads, args.repeat, tile)
+    print("\n" + "\n".join(lines))
+    if args.markdown:
+        print(f"wrote {write_markdown(args.markdown, lines)}")
+    return 0
+
+
 def choose_backends(text: str) -> tuple[list[str], dict, str | None]:
     """The backends to run, and the GPU situation, printed so no CPU number passes for a GPU one."""
     gpus, gpu_name = gpu_status(), nvidia_gpu()
@@ -290,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_statistics([Path(p) for p in args.analyze], args.hw, image)
     if args.profile_ops:
         return run_op_profile(args)
+    if args.shared_threads:
+        return run_shared_timing(args)
     if args.tile:
         return run_tile_timing(args)
 

@@ -40,6 +40,7 @@ from .decode import (INPUT_MEAN, INPUT_STD, STRIDES, RawOutputs, anchor_centers,
                      distance2bbox, distance2kps, normalize, postprocess, preprocess)
 from .detections import Detections
 from .nms import nms
+from .runners import RunnerPool
 from .timing import Profile
 
 BORDER_MARGIN = 8  # px; a tile detection this close to an inner tile edge may be a half face
@@ -245,7 +246,8 @@ def _select(candidates: Candidates, keep: np.ndarray, scale: float = 1.0) -> Can
 def run_tiled(runner, prepared: TiledInput, score_threshold: float, nms_threshold: float,
               max_faces: int, profile: Profile) -> tuple[Detections, int]:
     """The whole-photo pass, every tile and, when a face may fill half the input, the
-    close-up pass, through `runner`, merged by one NMS. Returns the faces and the passes.
+    close-up pass, through `runner` (a RunnerPool spreads the passes over its runners; a
+    plain runner runs them in turn), merged by one NMS. Returns the faces and the passes.
 
     Each call adds to `profile` once: "inference" (all model calls), "postprocess" (decoding
     and the merge) and, with a close-up pass, "preprocess" (its input), the stages a single
@@ -260,13 +262,20 @@ def run_tiled(runner, prepared: TiledInput, score_threshold: float, nms_threshol
 
 def _run_tiled(runner, prepared: TiledInput, score_threshold: float, nms_threshold: float,
                max_faces: int, profile: Profile) -> tuple[Detections, int]:
-    input_hw, layout, anchors = runner.input_hw, runner.layout, runner.anchors
+    pool = runner if isinstance(runner, RunnerPool) else RunnerPool(runner)
+    first = pool.first
+    input_hw, layout, anchors = first.input_hw, first.layout, first.anchors
     plan, scale = prepared.plan, prepared.whole[1]
+    quantized = {"quantized": True} if prepared.quantized else {}
+
+    def run_pass(runner, origin):
+        if origin is None:
+            return runner.run(prepared.whole[0])
+        tensor = tile_tensor(prepared, int(origin[0]), int(origin[1]), input_hw, layout)
+        return runner.run(tensor, **quantized)
+
     with profile("inference"):
-        whole_raw = runner.run(prepared.whole[0])
-        quantized = {"quantized": True} if prepared.quantized else {}
-        raws = [runner.run(tile_tensor(prepared, int(x), int(y), input_hw, layout), **quantized)
-                for x, y in plan.origins]
+        whole_raw, *raws = pool.map(run_pass, [None, *plan.origins])
     with profile("postprocess"):
         whole = decode(whole_raw, input_hw, anchors, min(score_threshold, CLOSEUP_TRIGGER_SCORE))
         heights = whole[0][:, 3] - whole[0][:, 1]
@@ -285,7 +294,7 @@ def _run_tiled(runner, prepared: TiledInput, score_threshold: float, nms_thresho
         with profile("preprocess"):
             tensor, close_scale = shrunk_input(prepared.image, input_hw, layout, CLOSEUP_SHRINK)
         with profile("inference"):
-            close_raw = runner.run(tensor)
+            close_raw = pool.run(tensor)
         with profile("postprocess"):
             found = decode(close_raw, input_hw, anchors, score_threshold)
             large = found[0][:, 3] - found[0][:, 1] >= CLOSEUP_KEEP * input_hw[0]

@@ -10,6 +10,7 @@ ratio is the median of the per-round ratios.
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,23 +29,31 @@ MODES = {"single pass": False, "tiled": True}
 
 class TimedRunner:
     """A runner whose run() calls are timed (seconds summed into `seconds`, counted in
-    `calls`); everything else is the wrapped runner's."""
+    `calls`), its clones (a detector's pool) adding to the same sums; everything else is the
+    wrapped runner's."""
 
-    def __init__(self, runner) -> None:
+    def __init__(self, runner, sums: "TimedRunner | None" = None) -> None:
         self._runner = runner
+        self._sums = sums or self
+        self._lock = threading.Lock() if sums is None else sums._lock
         self.seconds = 0.0
         self.calls = 0
 
     def __getattr__(self, name: str):
         return getattr(self._runner, name)
 
+    def clone(self, threads: int | None = None) -> "TimedRunner | None":
+        runner = self._runner.clone(threads)
+        return runner and TimedRunner(runner, self._sums)
+
     def run(self, tensor: np.ndarray, **options):
         start = time.perf_counter()
         try:
             return self._runner.run(tensor, **options)
         finally:
-            self.seconds += time.perf_counter() - start
-            self.calls += 1
+            with self._lock:
+                self._sums.seconds += time.perf_counter() - start
+                self._sums.calls += 1
 
 
 @dataclass

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from scrfdkit.ap_results import result_files
@@ -43,6 +44,7 @@ from scrfdkit.cli import (DATA_DIR, DEFAULT_WIDER, MODELS_DIR, REPO, RESULTS_DIR
                           cli, fraction, parse_hw, positive_int)
 from scrfdkit.defaults import EVAL_NMS_THRESHOLD, EVAL_SCORE_THRESHOLD, TILE_FACE
 from scrfdkit.errors import UserError
+from scrfdkit.tiles import TILE_GATE_SCORE
 from scrfdkit.files import (atomic_write, check_output_file, check_outputs, photos_to_time,
                             read_image)
 from scrfdkit.metadata import MODEL_SUFFIXES, metadata_path
@@ -86,6 +88,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "WIDER val photos or --image, per --models (default: det_500m "
                              "480x640 float32 and int8 .tflite from --models-dir) and the first "
                              "--threads value, and exit")
+    parser.add_argument("--peer", action="append", default=None, metavar="NAME",
+                        help="with --tile: also time this peer detector's whole pipeline in the "
+                             "same rounds (e.g. insightface: det_500m 640x640 on ONNX Runtime, "
+                             "from requirements-peers.txt), with every row's ratio to it")
+    parser.add_argument("--gate", type=fraction, nargs="+", default=[TILE_GATE_SCORE],
+                        metavar="S", help="with --tile: the whole-pass scores to time gated "
+                                          f"tiles at (default {TILE_GATE_SCORE}, SCRFD's)")
     parser.add_argument("--shared-threads", type=thread_list, default=None, metavar="K,...",
                         help="only time one detector called by K threads at once (e.g. 1,4), "
                              "its runners a lock (1) or a pool of 2, single pass (with --tile: "
@@ -210,7 +219,12 @@ def run_tile_timing(args: argparse.Namespace) -> int:
     print(f"CPU: {env['cpu']} ({env['cpu_features']}), {env['logical_cores']} logical cores, "
           f"load average {env['load_average']}; timing {len(models)} model(s) single-pass and tiled on "
           f"{len(photos)} photo(s), {threads} thread(s), {args.repeat} interleaved rounds")
-    timings = time_tiles(models, images, threads, args.repeat, args.tile)
+    peers = {}
+    for name in args.peer or []:
+        from scrfdkit.compare.peers import PEERS_DIR_ENV, make_detector  # --peer only
+        peers[name] = make_detector(name, threads=threads,
+                                    peers_folder=os.environ.get(PEERS_DIR_ENV) or args.models_dir / "peers")
+    timings = time_tiles(models, images, threads, args.repeat, args.tile, args.gate, peers)
     rows = tile_rows(timings, images, args.tile)
     lines = tile_table(rows, env, [path for path, _ in photos], threads, args.repeat, args.tile)
     print("\n" + "\n".join(lines))

@@ -12,7 +12,7 @@ from .detections import Detections
 from .errors import UserError
 from .images import to_bgr8
 from .runners import Runner, RunnerPool, open_runner
-from .tiles import TiledInput, prepare_tiled, run_tiled
+from .tiles import TILE_GATE_SCORE, TiledInput, prepare_tiled, run_tiled
 from .timing import Profile
 
 
@@ -39,10 +39,14 @@ class SCRFD:
                  score_threshold: float = SCORE_THRESHOLD, nms_threshold: float = NMS_THRESHOLD,
                  max_faces: int = 0, threads: int | None = DEFAULT_THREADS,
                  runner_options: dict | None = None, runner: Runner | None = None,
-                 tile: bool = False, tile_face: int = TILE_FACE, workers: int | None = None):
+                 tile: bool = False, tile_face: int = TILE_FACE, workers: int | None = None,
+                 tile_gate: float | None = TILE_GATE_SCORE):
         """`runner`: an already open runner of model_path (the speed test's backends).
-        `threads`: the first runner's intra-op threads; `workers`: runners that may run at
-        once (default `threads`), each extra one with threads // workers threads.
+        `threads`: the first runner's intra-op threads (a single pass, a tiled photo's whole
+        pass); `workers`: runners that may run at once (default `threads`), each extra one
+        with threads // workers threads; a photo's tiles run on `workers` one-thread runners.
+        `tile_gate`: tiles run only where the whole pass has a candidate scoring this much
+        (None: every tile; scrfdkit/tiles.py gated_tiles).
         ValueError for a threshold outside 0..1 (or NaN) or a negative max_faces."""
         for name, value in (("score_threshold", score_threshold),
                             ("nms_threshold", nms_threshold)):
@@ -54,6 +58,7 @@ class SCRFD:
         self.model_path = model_path
         self.tile = tile
         self.tile_face = tile_face
+        self.tile_gate = tile_gate
         self._local = threading.local()  # this thread's passes and candidates
         self._lock = threading.Lock()
         self._total_passes = 0
@@ -77,6 +82,22 @@ class SCRFD:
     @runner.setter
     def runner(self, runner: Runner) -> None:
         self._pool = RunnerPool(runner, self.workers, self._clone_threads)
+        self._tile_pool: RunnerPool | None = None
+
+    def tile_pool(self) -> RunnerPool:
+        """The runners a photo's tiles run on at once: `workers` one-thread runners (made on
+        the first tiled photo), or the detector's own pool when its runners have one
+        thread already or there is one worker."""
+        if self._tile_pool is None:
+            first = self.runner
+            if self.workers == 1 or getattr(first, "threads", None) == 1 or \
+                    not callable(getattr(first, "clone", None)):
+                self._tile_pool = self._pool
+            else:
+                with self._lock:
+                    if self._tile_pool is None:
+                        self._tile_pool = RunnerPool(first.clone(1) or first, self.workers, 1)
+        return self._tile_pool
 
     @property
     def passes(self) -> int:
@@ -125,7 +146,8 @@ class SCRFD:
         """Inference and post-processing of a prepare()d image."""
         if isinstance(prepared, TiledInput):
             faces, passes = run_tiled(self._pool, prepared, self.score_threshold,
-                                      self.nms_threshold, self.max_faces, self.profile)
+                                      self.nms_threshold, self.max_faces, self.profile,
+                                      self.tile_gate, self.tile_pool())
             self._count(passes)
             return faces
         self._count(1)

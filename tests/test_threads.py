@@ -95,10 +95,13 @@ def test_one_detector_shared_by_four_threads_gives_every_call_its_own_photos_fac
 
 
 def test_a_tiled_photo_runs_its_passes_on_several_runners_at_once(tflite_float32, photos):
-    """The passes of one photo, from one thread, spread over the pool: a second interpreter
-    is made because two passes ran at once; the faces are those of passes run in turn."""
+    """The tiles of one photo, from one thread, spread over the detector's one-thread runners:
+    a second one is made because two tiles ran at once; the faces are those of passes run
+    in turn on one runner."""
     alone = SCRFD(tflite_float32, TEST_HW, threads=1, tile=True, workers=1)
     detector = SCRFD(tflite_float32, TEST_HW, threads=2, tile=True, workers=2)
     for photo in photos:
         assert same(detector.detect(photo), alone.detect(photo))
-    assert len(detector._pool.runners) == 2 and len(alone._pool.runners) == 1
+    assert len(detector.tile_pool().runners) == 2
+    assert {runner.threads for runner in detector.tile_pool().runners} == {1}
+    assert alone.tile_pool() is alone._pool and len(alone._pool.runners) == 1

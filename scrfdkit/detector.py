@@ -40,13 +40,15 @@ class SCRFD:
                  max_faces: int = 0, threads: int | None = DEFAULT_THREADS,
                  runner_options: dict | None = None, runner: Runner | None = None,
                  tile: bool = False, tile_face: int = TILE_FACE, workers: int | None = None,
-                 tile_gate: float | None = TILE_GATE_SCORE):
+                 tile_gate: float | None = TILE_GATE_SCORE, parallel_tiles: bool = False):
         """`runner`: an already open runner of model_path (the speed test's backends).
         `threads`: the first runner's intra-op threads (a single pass, a tiled photo's whole
         pass); `workers`: runners that may run at once (default `threads`), each extra one
         with threads // workers threads; a photo's tiles run on `workers` one-thread runners.
         `tile_gate`: tiles run only where the whole pass has a candidate scoring this much
-        (None: every tile; scrfdkit/tiles.py gated_tiles).
+        (None: every tile; scrfdkit/tiles.py gated_tiles). parallel_tiles=True runs a photo's
+        tiles at once on `workers` one-thread runners instead of in turn on the runner of
+        `threads` threads: on a shared 2-core machine in turn measured faster (docs/speed.md).
         ValueError for a threshold outside 0..1 (or NaN) or a negative max_faces."""
         for name, value in (("score_threshold", score_threshold),
                             ("nms_threshold", nms_threshold)):
@@ -59,6 +61,7 @@ class SCRFD:
         self.tile = tile
         self.tile_face = tile_face
         self.tile_gate = tile_gate
+        self.parallel_tiles = parallel_tiles
         self._local = threading.local()  # this thread's passes and candidates
         self._lock = threading.Lock()
         self._total_passes = 0
@@ -84,10 +87,12 @@ class SCRFD:
         self._pool = RunnerPool(runner, self.workers, self._clone_threads)
         self._tile_pool: RunnerPool | None = None
 
-    def tile_pool(self) -> RunnerPool:
-        """The runners a photo's tiles run on at once: `workers` one-thread runners (made on
-        the first tiled photo), or the detector's own pool when its runners have one
-        thread already or there is one worker."""
+    def tile_pool(self) -> RunnerPool | None:
+        """With parallel_tiles, the runners a photo's tiles run on at once: `workers`
+        one-thread runners (made on the first tiled photo), or the detector's own pool when
+        its runners have one thread already or there is one worker. None: in turn."""
+        if not self.parallel_tiles:
+            return None
         if self._tile_pool is None:
             first = self.runner
             if self.workers == 1 or getattr(first, "threads", None) == 1 or \

@@ -283,8 +283,8 @@ def run_tiled(runner, prepared: TiledInput, score_threshold: float, nms_threshol
 
     The whole pass runs first, on `runner` (a runner or a RunnerPool: its intra-op threads
     all on this one pass); then the tiles (with gate a score: only those gated_tiles()
-    picks) and the close-up pass run at once over `tile_runner` (default `runner`), a pool
-    of one-thread runners spreading them over the cores.
+    picks) and the close-up pass: in turn on one runner of `runner`, or with `tile_runner`
+    (a RunnerPool of one-thread runners) at once over its runners.
 
     Each call adds to `profile` once: "inference" (all model calls), "postprocess" (decoding
     and the merge) and, with a close-up pass, "preprocess" (its input), the stages a single
@@ -292,8 +292,8 @@ def run_tiled(runner, prepared: TiledInput, score_threshold: float, nms_threshol
     """
     spent = Profile()
     try:
-        return _run_tiled(runner, tile_runner or runner, prepared, score_threshold,
-                          nms_threshold, max_faces, spent, gate)
+        return _run_tiled(runner, tile_runner, prepared, score_threshold, nms_threshold,
+                          max_faces, spent, gate)
     finally:
         profile.add(dict(spent.totals))
 
@@ -302,8 +302,8 @@ def _run_tiled(runner, tile_runner, prepared: TiledInput, score_threshold: float
                nms_threshold: float, max_faces: int, profile: Profile, gate: float | None
                ) -> tuple[Detections, int]:
     pool = runner if isinstance(runner, RunnerPool) else RunnerPool(runner)
-    tile_pool = tile_runner if isinstance(tile_runner, RunnerPool) else \
-        pool if tile_runner is runner else RunnerPool(tile_runner)
+    tile_pool = tile_runner if tile_runner is None or isinstance(tile_runner, RunnerPool) \
+        else RunnerPool(tile_runner)
     first = pool.first
     input_hw, layout, anchors = first.input_hw, first.layout, first.anchors
     plan, scale = prepared.plan, prepared.whole[1]
@@ -335,8 +335,13 @@ def _run_tiled(runner, tile_runner, prepared: TiledInput, score_threshold: float
         tensor = tile_tensor(prepared, int(origin[0]), int(origin[1]), input_hw, layout)
         return runner.run(tensor, **quantized)
 
+    passes = [*plan.origins[chosen], *([None] if close else [])]
     with profile("inference"):
-        raws = tile_pool.map(run_pass, [*plan.origins[chosen], *([None] if close else [])])
+        if tile_pool is None:  # in turn, on one runner
+            with pool() as held:
+                raws = [run_pass(held, origin) for origin in passes]
+        else:
+            raws = tile_pool.map(run_pass, passes)
     close_raw = raws.pop() if close else None
     with profile("postprocess"):
         keep = whole[1] >= score_threshold

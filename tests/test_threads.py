@@ -70,10 +70,11 @@ def shared_calls(detector: SCRFD, photos: list[np.ndarray]) -> tuple[list, list]
     return results, errors
 
 
-@pytest.mark.parametrize("tile", [False, True], ids=["single-pass", "tiled"])
+@pytest.mark.parametrize("tile, parallel", [(False, False), (True, False), (True, True)],
+                         ids=["single-pass", "tiled", "tiled-parallel"])
 @pytest.mark.parametrize("workers", [2, 1], ids=["pool", "lock"])
 def test_one_detector_shared_by_four_threads_gives_every_call_its_own_photos_faces(
-        model, photos, tile, workers):
+        model, photos, tile, parallel, workers):
     alone = SCRFD(model, TEST_HW, score_threshold=SCORE, threads=1, tile=tile)
     expected = [alone.detect(photo) for photo in photos]
     passes = [alone.detect(photo) and alone.passes for photo in photos]
@@ -82,7 +83,8 @@ def test_one_detector_shared_by_four_threads_gives_every_call_its_own_photos_fac
     if tile:
         assert min(passes) > 3
 
-    shared = SCRFD(model, TEST_HW, score_threshold=SCORE, threads=2, tile=tile, workers=workers)
+    shared = SCRFD(model, TEST_HW, score_threshold=SCORE, threads=2, tile=tile, workers=workers,
+                   parallel_tiles=parallel)
     results, errors = shared_calls(shared, photos)
     assert errors == []
     assert len(results) == THREADS * CALLS
@@ -99,9 +101,10 @@ def test_a_tiled_photo_runs_its_passes_on_several_runners_at_once(tflite_float32
     a second one is made because two tiles ran at once; the faces are those of passes run
     in turn on one runner."""
     alone = SCRFD(tflite_float32, TEST_HW, threads=1, tile=True, workers=1)
-    detector = SCRFD(tflite_float32, TEST_HW, threads=2, tile=True, workers=2)
+    detector = SCRFD(tflite_float32, TEST_HW, threads=2, tile=True, workers=2,
+                     parallel_tiles=True)
     for photo in photos:
         assert same(detector.detect(photo), alone.detect(photo))
     assert len(detector.tile_pool().runners) == 2
     assert {runner.threads for runner in detector.tile_pool().runners} == {1}
-    assert alone.tile_pool() is alone._pool and len(alone._pool.runners) == 1
+    assert alone.tile_pool() is None and len(alone._pool.runners) == 1

@@ -76,21 +76,25 @@ def tile_modes(threads: int, gates: list[float]) -> dict[str, dict]:
     """The ways of spending `threads` cores on a photo: SCRFD options per mode. The single
     pass uses intra-op threads; tiles can run in turn on one runner of `threads` threads,
     across `threads` one-thread runners (the whole pass on one of them too), or both: the
-    whole pass on `threads` threads, then the tiles across the one-thread runners (what
-    SCRFD(threads=N, tile=True) does), optionally gated."""
+    whole pass on `threads` threads, then the tiles across the one-thread runners
+    (parallel_tiles=True); gated, in turn is what SCRFD(threads=N, tile=True) does."""
     modes = {"single pass": {"threads": threads, "tile": False}}
     if threads > 1:
         modes.update({
             "tiled, in turn": {"threads": threads, "workers": 1, "tile": True, "tile_gate": None},
             "tiled, across runners": {"threads": 1, "workers": threads, "tile": True,
-                                      "tile_gate": None},
+                                      "tile_gate": None, "parallel_tiles": True},
             "tiled, both": {"threads": threads, "workers": threads, "tile": True,
-                            "tile_gate": None}})
+                            "tile_gate": None, "parallel_tiles": True}})
     else:
         modes["tiled"] = {"threads": 1, "tile": True, "tile_gate": None}
     for gate in gates:
-        modes[f"tiled, {'both, ' if threads > 1 else ''}gated at {gate:g}"] = {
-            "threads": threads, "workers": threads, "tile": True, "tile_gate": gate}
+        modes[f"tiled, {'in turn, ' if threads > 1 else ''}gated at {gate:g} (the default)"] = {
+            "threads": threads, "tile": True, "tile_gate": gate}
+        if threads > 1:
+            modes[f"tiled, both, gated at {gate:g}"] = {
+                "threads": threads, "workers": threads, "tile": True, "tile_gate": gate,
+                "parallel_tiles": True}
     return modes
 
 
@@ -195,8 +199,9 @@ def tile_table(rows: list[dict], env: dict, photos: list[Path], threads: int, re
             "fill half the input, a close-up pass. In turn: every pass on one runner of N "
             "intra-op threads; across runners: every pass on N one-thread runners (LiteRT "
             "interpreters or ONNX Runtime sessions), a photo's tiles at once; both: the whole "
-            "pass on N threads, then the tiles across N one-thread runners (the default); "
-            "gated: only the tiles holding a whole-pass candidate at that score run. CPU ms / "
+            "pass on N threads, then the tiles across N one-thread runners; gated: only the "
+            "tiles holding a whole-pass candidate at that score run (halved for photos "
+            "shrunk over 2x), the default in turn. CPU ms / "
             "photo: the process's CPU time (every thread), which the other jobs on a shared "
             "machine move less than the wall time. Model ms / pass: "
             "runtime time summed over the runners per pass. Tile px / photo px: pixels the "

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from scrfdkit.ap_results import result_files
@@ -37,12 +38,14 @@ from scrfdkit.bench.model_stats import (ModelStatsError, load_graph, model_stati
                                         print_statistics, statistics_summary, xnnpack_coverage)
 from scrfdkit.bench.op_profile import profile_ops
 from scrfdkit.bench.speed import Config
+from scrfdkit.bench.thread_speed import shared_table, time_shared
 from scrfdkit.bench.tile_speed import DEFAULT_PHOTOS, tile_rows, tile_table, time_tiles
 from scrfdkit.cli import (DATA_DIR, DEFAULT_WIDER, MODELS_DIR, REPO, RESULTS_DIR, ArgumentParser,
                           add_device_argument, cli, fraction, parse_hw, positive_int)
 from scrfdkit.devices import device_providers
 from scrfdkit.defaults import EVAL_NMS_THRESHOLD, EVAL_SCORE_THRESHOLD, TILE_FACE
 from scrfdkit.errors import UserError
+from scrfdkit.tiles import TILE_GATE_SCORE
 from scrfdkit.files import (atomic_write, check_output_file, check_outputs, photos_to_time,
                             read_image)
 from scrfdkit.metadata import MODEL_SUFFIXES, metadata_path
@@ -90,6 +93,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "WIDER val photos or --image, per --models (default: det_500m "
                              "480x640 float32 and int8 .tflite from --models-dir) and the first "
                              "--threads value, and exit")
+    parser.add_argument("--peer", action="append", default=None, metavar="NAME",
+                        help="with --tile: also time this peer detector's whole pipeline in the "
+                             "same rounds (e.g. insightface: det_500m 640x640 on ONNX Runtime, "
+                             "from requirements-peers.txt), with every row's ratio to it")
+    parser.add_argument("--gate", type=fraction, nargs="+", default=[TILE_GATE_SCORE],
+                        metavar="S", help="with --tile: the whole-pass scores to time gated "
+                                          f"tiles at (default {TILE_GATE_SCORE}, SCRFD's)")
+    parser.add_argument("--shared-threads", type=thread_list, default=None, metavar="K,...",
+                        help="only time one detector called by K threads at once (e.g. 1,4), "
+                             "its runners a lock (1) or a pool of 2, single pass (with --tile: "
+                             "tiled), on the --tile photos and models, and exit")
     parser.add_argument("--models", nargs="+", default=None, metavar="MODEL",
                         help="models to time, files or globs (default: det_500m at 640x640 from "
                              "--models-dir: ONNX, TFLite float32 and int8)")
@@ -217,7 +231,12 @@ def run_tile_timing(args: argparse.Namespace) -> int:
     print(f"CPU: {env['cpu']} ({env['cpu_features']}), {env['logical_cores']} logical cores, "
           f"load average {env['load_average']}; timing {len(models)} model(s) single-pass and tiled on "
           f"{len(photos)} photo(s), {threads} thread(s), {args.repeat} interleaved rounds")
-    timings = time_tiles(models, images, threads, args.repeat, args.tile)
+    peers = {}
+    for name in args.peer or []:
+        from scrfdkit.compare.peers import PEERS_DIR_ENV, make_detector  # --peer only
+        peers[name] = make_detector(name, threads=threads,
+                                    peers_folder=os.environ.get(PEERS_DIR_ENV) or args.models_dir / "peers")
+    timings = time_tiles(models, images, threads, args.repeat, args.tile, args.gate, peers)
     rows = tile_rows(timings, images, args.tile)
     lines = tile_table(rows, env, [path for path, _ in photos], threads, args.repeat, args.tile)
     print("\n" + "\n".join(lines))
@@ -244,6 +263,21 @@ def device_backends(args: argparse.Namespace) -> str:
                         "onnxruntime-cuda and onnxruntime-tensorrt backends)")
     device_providers(args.device)
     return f"onnxruntime-{args.device}"
+
+
+def run_shared_timing(args: argparse.Namespace) -> int:
+    """--shared-threads: one detector's photos per second with K threads calling it."""
+    models = expand_models(args.models) if args.models else [
+        args.models_dir / name for name in TILE_MODELS if (args.models_dir / name).exists()]
+    photos = photos_to_time(args.image, DEFAULT_WIDER / "WIDER_val" / "images", 4)
+    env, threads, tile = environment(), args.threads[0], bool(args.tile)
+    timings = time_shared(models, [image for _, image in photos], threads, args.shared_threads,
+                          [1, 2], args.repeat, tile)
+    lines = shared_table(timings, env, threads, args.repeat, tile)
+    print("\n" + "\n".join(lines))
+    if args.markdown:
+        print(f"wrote {write_markdown(args.markdown, lines)}")
+    return 0
 
 
 def choose_backends(text: str) -> tuple[list[str], dict, str | None]:
@@ -318,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_statistics([Path(p) for p in args.analyze], args.hw, image)
     if args.profile_ops:
         return run_op_profile(args)
+    if args.shared_threads:
+        return run_shared_timing(args)
     if args.tile:
         return run_tile_timing(args)
 

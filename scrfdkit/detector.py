@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 
@@ -11,8 +12,8 @@ from .detections import Detections
 from .errors import UserError
 from .images import to_bgr8
 from .postprocessed import detect_postprocessed
-from .runners import Runner, open_runner
-from .tiles import TiledInput, prepare_tiled, run_tiled
+from .runners import Runner, RunnerPool, open_runner
+from .tiles import TILE_GATE_SCORE, TiledInput, prepare_tiled, run_tiled
 from .timing import Profile
 
 
@@ -26,14 +27,29 @@ class SCRFD:
     tile=True adds, for photos larger than the model's input, tiles of the photo at its own
     resolution to the whole-photo pass (scrfdkit/tiles.py): small faces are found at their
     own size. `tile_face`: faces up to this many pixels lie whole in at least one tile.
+
+    Threads: one detector may serve many threads at once (a web server's, say), each call
+    getting the same faces as it would alone. Model runs go through a pool of runners
+    (runners.RunnerPool): one call per LiteRT interpreter or ONNX Runtime session at a time,
+    at most `workers` of them, made only when calls overlap. A tiled photo's passes are
+    spread over the pool too. `timings`, `passes` and `candidates` are the calling thread's
+    own (its last call's); `total_passes` and `profile.totals` count every thread's calls.
     """
 
     def __init__(self, model_path: str | os.PathLike, input_hw: tuple[int, int] | None = None,
                  score_threshold: float = SCORE_THRESHOLD, nms_threshold: float = NMS_THRESHOLD,
                  max_faces: int = 0, threads: int | None = DEFAULT_THREADS,
                  runner_options: dict | None = None, runner: Runner | None = None,
-                 tile: bool = False, tile_face: int = TILE_FACE):
+                 tile: bool = False, tile_face: int = TILE_FACE, workers: int | None = None,
+                 tile_gate: float | None = TILE_GATE_SCORE, parallel_tiles: bool = False):
         """`runner`: an already open runner of model_path (the speed test's backends).
+        `threads`: the first runner's intra-op threads (a single pass, a tiled photo's whole
+        pass); `workers`: runners that may run at once (default `threads`), each extra one
+        with threads // workers threads; a photo's tiles run on `workers` one-thread runners.
+        `tile_gate`: tiles run only where the whole pass has a candidate scoring this much
+        (None: every tile; scrfdkit/tiles.py gated_tiles). parallel_tiles=True runs a photo's
+        tiles at once on `workers` one-thread runners instead of in turn on the runner of
+        `threads` threads: on a shared 2-core machine in turn measured faster (docs/speed.md).
         ValueError for a threshold outside 0..1 (or NaN) or a negative max_faces."""
         for name, value in (("score_threshold", score_threshold),
                             ("nms_threshold", nms_threshold)):
@@ -45,10 +61,16 @@ class SCRFD:
         self.model_path = model_path
         self.tile = tile
         self.tile_face = tile_face
-        self.passes = self.total_passes = 0
+        self.tile_gate = tile_gate
+        self.parallel_tiles = parallel_tiles
+        self._local = threading.local()  # this thread's passes and candidates
+        self._lock = threading.Lock()
+        self._total_passes = 0
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
         self.max_faces = max_faces
+        self.workers = max(1, int(workers or threads or DEFAULT_THREADS))
+        self._clone_threads = max(1, (threads or DEFAULT_THREADS) // self.workers)
         self.runner = runner or open_runner(model_path, input_hw, threads,
                                             **(runner_options or {}))
         self.input_hw = self.runner.input_hw
@@ -59,7 +81,53 @@ class SCRFD:
         table = getattr(self.runner, "pixel_table", None)
         self._pixel_table = table() if table else None  # tiles of a quantized model
         self.profile = Profile()
-        self.candidates = 0  # before NMS, in the last call: what NMS had to sort through
+
+    @property
+    def runner(self) -> Runner:
+        """The first runner of the pool (what every runner of this detector is like)."""
+        return self._pool.first
+
+    @runner.setter
+    def runner(self, runner: Runner) -> None:
+        self._pool = RunnerPool(runner, self.workers, self._clone_threads)
+        self._tile_pool: RunnerPool | None = None
+
+    def tile_pool(self) -> RunnerPool | None:
+        """With parallel_tiles, the runners a photo's tiles run on at once: `workers`
+        one-thread runners (made on the first tiled photo), or the detector's own pool when
+        its runners have one thread already or there is one worker. None: in turn."""
+        if not self.parallel_tiles:
+            return None
+        if self._tile_pool is None:
+            first = self.runner
+            if self.workers == 1 or getattr(first, "threads", None) == 1 or \
+                    not callable(getattr(first, "clone", None)):
+                self._tile_pool = self._pool
+            else:
+                with self._lock:
+                    if self._tile_pool is None:
+                        self._tile_pool = RunnerPool(first.clone(1) or first, self.workers, 1)
+        return self._tile_pool
+
+    @property
+    def passes(self) -> int:
+        """Model runs of this thread's last call."""
+        return getattr(self._local, "passes", 0)
+
+    @property
+    def candidates(self) -> int:
+        """Candidates before NMS in this thread's last single-pass call: what NMS sorted."""
+        return getattr(self._local, "candidates", 0)
+
+    @property
+    def total_passes(self) -> int:
+        """Model runs of every call, from every thread."""
+        return self._total_passes
+
+    def _count(self, passes: int) -> None:
+        self._local.passes = passes
+        with self._lock:
+            self._total_passes += passes
 
     @property
     def has_landmarks(self) -> bool:
@@ -87,26 +155,27 @@ class SCRFD:
     def detect_prepared(self, prepared: tuple[np.ndarray, float] | TiledInput) -> Detections:
         """Inference and post-processing of a prepare()d image."""
         if isinstance(prepared, TiledInput):
-            faces, self.passes = run_tiled(self.runner, prepared, self.score_threshold,
-                                           self.nms_threshold, self.max_faces, self.profile)
-            self.total_passes += self.passes
+            faces, passes = run_tiled(self._pool, prepared, self.score_threshold,
+                                      self.nms_threshold, self.max_faces, self.profile,
+                                      self.tile_gate, self.tile_pool())
+            self._count(passes)
             return faces
-        self.passes = 1
-        self.total_passes += 1
+        self._count(1)
         tensor, scale = prepared
         if getattr(self.runner, "postprocessed", False):  # decoded / object-detector exports
-            faces, self.candidates = detect_postprocessed(
-                self.runner, tensor, scale, self.score_threshold, self.nms_threshold,
-                self.max_faces, self.profile)
+            with self._pool() as runner:  # one call at a time on its interpreter
+                faces, self._local.candidates = detect_postprocessed(
+                    runner, tensor, scale, self.score_threshold, self.nms_threshold,
+                    self.max_faces, self.profile)
             return faces
         with self.profile("inference"):
-            raw = self.runner.run(tensor)
+            raw = self._pool.run(tensor)
         with self.profile("postprocess"):
             with self.profile("decode"):
                 boxes, scores, landmarks = decode(raw, self.input_hw, self.runner.anchors,
                                                   self.score_threshold)
                 self._check_finite(raw, boxes, landmarks)
-            self.candidates = len(scores)
+            self._local.candidates = len(scores)
             with self.profile("nms"):
                 return suppress(boxes, scores, landmarks, scale, self.nms_threshold,
                                 self.max_faces)

@@ -5,9 +5,12 @@ providers in use) is a method here. Session and interpreter creation live here a
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import cv2
 import numpy as np
@@ -20,6 +23,7 @@ from .metadata import check_unaltered, metadata_path, read_metadata
 from .tflite_check import check_tflite
 
 CPU_PROVIDERS = ("CPUExecutionProvider",)
+T = TypeVar("T")
 
 
 def _check_model_file(path: Path, suffix: str) -> None:
@@ -80,6 +84,7 @@ class OnnxRunner:
         path = Path(model_path)
         _check_model_file(path, ".onnx")
         self.model_path = path
+        self.threads, self._providers = threads, providers
         self.session = onnx_session(path, threads, providers)
         inputs = self.session.get_inputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].shape[1] not in (3, "3"):
@@ -111,6 +116,12 @@ class OnnxRunner:
         """The execution providers the session really uses (CPU when a GPU one failed)."""
         return self.session.get_providers()
 
+    def clone(self, threads: int | None = None) -> "OnnxRunner":
+        """Another session of the same model and size (`threads` intra-op threads, default
+        this one's), for a thread of its own (RunnerPool)."""
+        return OnnxRunner(self.model_path, self.input_hw, threads or self.threads,
+                          self._providers)
+
     def run(self, tensor: np.ndarray) -> RawOutputs:
         outputs = self.session.run(None, {self.input_name: tensor})
         return group_outputs(zip(self.specs, outputs))
@@ -132,6 +143,7 @@ class LiteRTRunner:
         path = Path(model_path)
         _check_model_file(path, ".tflite")
         self.model_path = path
+        self.threads, self._delegates, self._xnnpack = threads, delegates, xnnpack
         self.interpreter = tflite_interpreter(path, threads, delegates, xnnpack)  # checks structure
         self.metadata = read_metadata(path)
         check_unaltered(path, self.metadata)  # the sidecar's sha256: weights altered since export
@@ -187,6 +199,15 @@ class LiteRTRunner:
             return "int8"
         types = {np.dtype(t["dtype"]).name for t in self.interpreter.get_tensor_details()}
         return "float16" if "float16" in types else ("dynamic" if "int8" in types else "float32")
+
+    def clone(self, threads: int | None = None) -> "LiteRTRunner | None":
+        """Another interpreter of the same model and size (`threads` threads, default this
+        one's), for a thread of its own (RunnerPool): an interpreter runs one call at a time.
+        None with extra delegates, which one interpreter owns."""
+        if self._delegates:
+            return None
+        return LiteRTRunner(self.model_path, self.input_hw, threads or self.threads,
+                            xnnpack=self._xnnpack)
 
     def op_names(self) -> list[str]:
         """The interpreter's execution plan, one op name per node (DELEGATE for delegated parts)."""
@@ -244,6 +265,85 @@ class LiteRTRunner:
 
 
 Runner = OnnxRunner | LiteRTRunner
+
+
+class RunnerPool:
+    """Runners of one model for many threads: each runner serves one call at a time.
+
+    A LiteRT interpreter holds its input and output tensors, so two threads in one invoke()
+    see each other's data; a pool gives each call a runner of its own. The first runner is
+    the one given; more are cloned (runner.clone(clone_threads)) only when a call finds every
+    runner busy, up to `size`; then calls wait. size 1 is a lock. Cloned interpreters share
+    the model file (memory-mapped) but not XNNPACK's packed weights or activations: +36 MB
+    per extra det_500m 480x640 float32 interpreter, +18 MB int8, +28 MB per ONNX Runtime
+    session (docs/speed.md), so clones are made only when calls overlap.
+
+    map() runs a function over items on the pool's runners at once: LiteRT's invoke() and
+    ONNX Runtime's run() release the GIL, so the runs really are parallel.
+    """
+
+    def __init__(self, first, size: int = 1, clone_threads: int | None = None):
+        self.first = first
+        self.size = max(1, int(size)) if callable(getattr(first, "clone", None)) else 1
+        self.clone_threads = clone_threads
+        self.runners = [first]  # every runner made, idle or not
+        self._idle = [first]
+        self._ready = threading.Condition()
+        self._executor: ThreadPoolExecutor | None = None
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator:
+        """A runner for this thread alone while the block runs."""
+        runner = self._take()
+        try:
+            yield runner
+        finally:
+            with self._ready:
+                self._idle.append(runner)
+                self._ready.notify()
+
+    def _take(self):
+        with self._ready:
+            while not self._idle and len(self.runners) >= self.size:
+                self._ready.wait()
+            if self._idle:
+                return self._idle.pop()
+            self.runners.append(None)  # a place held while the clone is made
+        runner = None
+        try:
+            runner = self.first.clone(self.clone_threads)
+        except Exception:  # memory, say: the runners there are will do
+            pass
+        with self._ready:
+            self.runners.remove(None)
+            if runner is not None:
+                self.runners.append(runner)
+                return runner
+            self.size = len(self.runners)  # not clonable (or no memory): share those there are
+            while not self._idle:
+                self._ready.wait()
+            return self._idle.pop()
+
+    def run(self, tensor: np.ndarray, **options) -> RawOutputs:
+        with self() as runner:
+            return runner.run(tensor, **options)
+
+    def map(self, function: Callable[..., T], items: Sequence) -> list[T]:
+        """[function(runner, item) for item in items], the items spread over up to `size`
+        runners at once; results in the items' order."""
+        if self.size == 1 or len(items) < 2:
+            with self() as runner:
+                return [function(runner, item) for item in items]
+        if self._executor is None:
+            with self._ready:
+                if self._executor is None:
+                    self._executor = ThreadPoolExecutor(self.size, "scrfd-runner")
+
+        def one(item):
+            with self() as runner:
+                return function(runner, item)
+
+        return list(self._executor.map(one, items))
 
 
 def metadata_specs(meta: dict, outputs: list[dict], input_hw: tuple[int, int], path: Path

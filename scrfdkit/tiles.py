@@ -40,6 +40,7 @@ from .decode import (INPUT_MEAN, INPUT_STD, STRIDES, RawOutputs, anchor_centers,
                      distance2bbox, distance2kps, normalize, postprocess, preprocess)
 from .detections import Detections
 from .nms import nms
+from .runners import RunnerPool
 from .timing import Profile
 
 BORDER_MARGIN = 8  # px; a tile detection this close to an inner tile edge may be a half face
@@ -48,6 +49,8 @@ CLOSEUP_FRACTION = 0.5  # a whole-pass candidate this tall (of the input height)
 CLOSEUP_TRIGGER_SCORE = 0.1  # at any score from this on: then the photo runs once more,
 CLOSEUP_SHRINK = 0.7  # at this times the letterbox scale (zero padding around it),
 CLOSEUP_KEEP = 0.2  # and that pass answers for faces at least this tall (of its input height)
+TILE_GATE_SCORE = 0.1  # a tile runs where the whole pass has a candidate this likely (None: all),
+GATE_FULL_SCALE = 0.5  # halved where the whole pass shrinks the photo more than this
 
 
 @dataclass(frozen=True)
@@ -188,9 +191,11 @@ def shrunk_input(image_bgr: np.ndarray, input_hw: tuple[int, int], layout: str, 
     return normalize(canvas, layout), scale
 
 
-def decode_tiles(raws: list[RawOutputs], plan: TilePlan, anchors: int, score_threshold: float
+def decode_tiles(raws: list[RawOutputs], plan: TilePlan, anchors: int, score_threshold: float,
+                 chosen: np.ndarray | None = None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Every tile's raw outputs at once -> candidates in photo pixels, half faces dropped.
+    `chosen`: the plan's tiles that `raws` are of (default: all of them, in order).
 
     Scores are stacked per stride and thresholded at once; boxes and landmarks are copied
     for the candidates only (stacking every tile's would copy megabytes per photo). A
@@ -214,12 +219,13 @@ def decode_tiles(raws: list[RawOutputs], plan: TilePlan, anchors: int, score_thr
             points.append(distance2kps(centers, offsets * stride))
     box = np.concatenate(boxes).astype(np.float32)
     tile = np.concatenate(owner)
-    inner = plan.inner_edges[tile]
+    chosen = np.arange(len(plan)) if chosen is None else np.asarray(chosen)
+    inner = plan.inner_edges[chosen][tile]
     cut = ((inner[:, 0] & (box[:, 0] < BORDER_MARGIN)) | (inner[:, 1] & (box[:, 1] < BORDER_MARGIN))
            | (inner[:, 2] & (box[:, 2] > tile_w - BORDER_MARGIN))
            | (inner[:, 3] & (box[:, 3] > tile_h - BORDER_MARGIN)))
     whole = ~cut
-    offset = plan.origins[tile[whole]]
+    offset = plan.origins[chosen][tile[whole]]
     box = box[whole] + np.tile(offset, 2)
     landmarks = None
     if with_kps:
@@ -242,10 +248,43 @@ def _select(candidates: Candidates, keep: np.ndarray, scale: float = 1.0) -> Can
             None if landmarks is None else landmarks[keep] / scale)
 
 
+def gate_score(gate: float | None, scale: float) -> float | None:
+    """The whole-pass score that opens a tile, for a whole pass at `scale`: `gate`, halved
+    when the photo shrinks more than GATE_FULL_SCALE (its faces shrink too, and a 7-pixel
+    face in the letterbox scores only 0.03-0.1)."""
+    return None if gate is None else gate * (1.0 if scale >= GATE_FULL_SCALE else 0.5)
+
+
+def gated_tiles(plan: TilePlan, centers: np.ndarray, scores: np.ndarray, gate: float | None
+                ) -> np.ndarray:
+    """The tiles to run (indices): with gate None all of them, else those holding the centre
+    (photo pixels) of a whole-pass candidate scoring at least `gate`. A face the tiles would
+    find small shows in the whole pass first, at a lower score: where the whole pass shows
+    nothing, a tile rarely finds a face (docs/speed.md: what the gate costs in AP and saves
+    in passes; a face alone on a plain background, under 8 pixels in the letterbox, can be
+    missed: tile_gate=None runs every tile)."""
+    if gate is None or not len(plan):
+        return np.arange(len(plan))
+    return np.flatnonzero(_inside(plan, centers[scores >= gate]).any(axis=1))
+
+
+def _inside(plan: TilePlan, centers: np.ndarray) -> np.ndarray:
+    """(tiles, points) bool: each point (x, y in photo pixels) within each tile."""
+    x, y = plan.origins[:, :1], plan.origins[:, 1:]
+    return ((centers[:, 0] >= x) & (centers[:, 0] < x + plan.tile_hw[1])
+            & (centers[:, 1] >= y) & (centers[:, 1] < y + plan.tile_hw[0]))
+
+
 def run_tiled(runner, prepared: TiledInput, score_threshold: float, nms_threshold: float,
-              max_faces: int, profile: Profile) -> tuple[Detections, int]:
-    """The whole-photo pass, every tile and, when a face may fill half the input, the
-    close-up pass, through `runner`, merged by one NMS. Returns the faces and the passes.
+              max_faces: int, profile: Profile, gate: float | None = None,
+              tile_runner=None) -> tuple[Detections, int]:
+    """The whole-photo pass, the tiles and, when a face may fill half the input, the
+    close-up pass, merged by one NMS. Returns the faces and the passes.
+
+    The whole pass runs first, on `runner` (a runner or a RunnerPool: its intra-op threads
+    all on this one pass); then the tiles (with gate a score: only those gated_tiles()
+    picks) and the close-up pass: in turn on one runner of `runner`, or with `tile_runner`
+    (a RunnerPool of one-thread runners) at once over its runners.
 
     Each call adds to `profile` once: "inference" (all model calls), "postprocess" (decoding
     and the merge) and, with a close-up pass, "preprocess" (its input), the stages a single
@@ -253,44 +292,71 @@ def run_tiled(runner, prepared: TiledInput, score_threshold: float, nms_threshol
     """
     spent = Profile()
     try:
-        return _run_tiled(runner, prepared, score_threshold, nms_threshold, max_faces, spent)
+        return _run_tiled(runner, tile_runner, prepared, score_threshold, nms_threshold,
+                          max_faces, spent, gate)
     finally:
         profile.add(dict(spent.totals))
 
 
-def _run_tiled(runner, prepared: TiledInput, score_threshold: float, nms_threshold: float,
-               max_faces: int, profile: Profile) -> tuple[Detections, int]:
-    input_hw, layout, anchors = runner.input_hw, runner.layout, runner.anchors
+def _run_tiled(runner, tile_runner, prepared: TiledInput, score_threshold: float,
+               nms_threshold: float, max_faces: int, profile: Profile, gate: float | None
+               ) -> tuple[Detections, int]:
+    pool = runner if isinstance(runner, RunnerPool) else RunnerPool(runner)
+    tile_pool = tile_runner if tile_runner is None or isinstance(tile_runner, RunnerPool) \
+        else RunnerPool(tile_runner)
+    first = pool.first
+    input_hw, layout, anchors = first.input_hw, first.layout, first.anchors
     plan, scale = prepared.plan, prepared.whole[1]
+    quantized = {"quantized": True} if prepared.quantized else {}
+    gate = gate_score(gate, scale)
     with profile("inference"):
-        whole_raw = runner.run(prepared.whole[0])
-        quantized = {"quantized": True} if prepared.quantized else {}
-        raws = [runner.run(tile_tensor(prepared, int(x), int(y), input_hw, layout), **quantized)
-                for x, y in plan.origins]
+        whole_raw = pool.run(prepared.whole[0])
     with profile("postprocess"):
-        whole = decode(whole_raw, input_hw, anchors, min(score_threshold, CLOSEUP_TRIGGER_SCORE))
+        whole = decode(whole_raw, input_hw, anchors,
+                       min(score_threshold, CLOSEUP_TRIGGER_SCORE, 1.0 if gate is None else gate))
+        centers = (whole[0][:, :2] + whole[0][:, 2:]) / (2 * scale)  # photo pixels
+        chosen = gated_tiles(plan, centers, whole[1], gate)
         heights = whole[0][:, 3] - whole[0][:, 1]
         close = bool(np.any((heights >= CLOSEUP_FRACTION * input_hw[0])
                             & (whole[1] >= CLOSEUP_TRIGGER_SCORE)))
-        if not raws and not close:  # the single pass, exactly
+    if not len(chosen) and not close and not len(plan):  # the single pass, exactly
+        with profile("postprocess"):
             return postprocess(whole_raw, input_hw, anchors, scale, score_threshold,
                                nms_threshold, max_faces), 1
-        keep = whole[1] >= score_threshold
-        if raws:  # smaller faces are the tiles'
-            keep &= heights >= WHOLE_PASS_MIN_FACE
-        parts = [_select(whole, keep, scale)]
-        if raws:
-            parts.append(decode_tiles(raws, plan, anchors, score_threshold))
+    close_scale = 0.0
     if close:
         with profile("preprocess"):
-            tensor, close_scale = shrunk_input(prepared.image, input_hw, layout, CLOSEUP_SHRINK)
-        with profile("inference"):
-            close_raw = runner.run(tensor)
-        with profile("postprocess"):
+            close_tensor, close_scale = shrunk_input(prepared.image, input_hw, layout,
+                                                     CLOSEUP_SHRINK)
+
+    def run_pass(runner, origin):
+        if origin is None:
+            return runner.run(close_tensor)
+        tensor = tile_tensor(prepared, int(origin[0]), int(origin[1]), input_hw, layout)
+        return runner.run(tensor, **quantized)
+
+    passes = [*plan.origins[chosen], *([None] if close else [])]
+    with profile("inference"):
+        if tile_pool is None:  # in turn, on one runner
+            with pool() as held:
+                raws = [run_pass(held, origin) for origin in passes]
+        else:
+            raws = tile_pool.map(run_pass, passes)
+    close_raw = raws.pop() if close else None
+    with profile("postprocess"):
+        keep = whole[1] >= score_threshold
+        if len(chosen):  # smaller faces are the tiles', where a tile ran
+            small = heights < WHOLE_PASS_MIN_FACE
+            if len(chosen) < len(plan):
+                small &= _inside(plan, centers)[chosen].any(axis=0)
+            keep &= ~small
+        parts = [_select(whole, keep, scale)]
+        if raws:
+            parts.append(decode_tiles(raws, plan, anchors, score_threshold, chosen))
+        if close_raw is not None:
             found = decode(close_raw, input_hw, anchors, score_threshold)
             large = found[0][:, 3] - found[0][:, 1] >= CLOSEUP_KEEP * input_hw[0]
             parts.append(_select(found, large, close_scale))
-    with profile("postprocess"):
         boxes = np.concatenate([part[0] for part in parts])
         scores = np.concatenate([part[1] for part in parts])
         landmarks = None if parts[0][2] is None else np.concatenate([part[2] for part in parts])

@@ -6,6 +6,7 @@ import gc
 import importlib.metadata
 import os
 import platform
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -20,13 +21,25 @@ class Profile:
     """Seconds per named stage: `with profile("inference"): ...`.
 
     `last` holds the latest duration of each stage, `totals` and `counts` their sums, so a
-    script can print both a per-call split and a mean per item from the same clock.
+    script can print both a per-call split and a mean per item from the same clock. Safe to
+    share between threads: `last` is each thread's own (its latest call's), the sums are of
+    every thread's.
     """
 
     def __init__(self) -> None:
-        self.last: dict[str, float] = {}
+        self._local = threading.local()
+        self._lock = threading.Lock()
         self.totals: dict[str, float] = defaultdict(float)
         self.counts: dict[str, int] = defaultdict(int)
+
+    @property
+    def last(self) -> dict[str, float]:
+        """This thread's latest duration of each stage."""
+        try:
+            return self._local.last
+        except AttributeError:
+            self._local.last = {}
+            return self._local.last
 
     @contextlib.contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
@@ -34,17 +47,16 @@ class Profile:
         try:
             yield
         finally:
-            elapsed = time.perf_counter() - start
-            self.last[stage] = elapsed
-            self.totals[stage] += elapsed
-            self.counts[stage] += 1
+            self.add({stage: time.perf_counter() - start})
 
     def add(self, other: dict[str, float]) -> None:
         """Fold in durations measured elsewhere, as one call each (a tiled detection's sums)."""
-        for stage, seconds in other.items():
-            self.last[stage] = seconds
-            self.totals[stage] += seconds
-            self.counts[stage] += 1
+        last = self.last
+        with self._lock:
+            for stage, seconds in other.items():
+                last[stage] = seconds
+                self.totals[stage] += seconds
+                self.counts[stage] += 1
 
 
 # ----------------------------------------------------------------------------- interleaved timing

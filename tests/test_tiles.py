@@ -10,6 +10,7 @@ stays well under a second of inference.
 from __future__ import annotations
 
 import math
+import re
 
 import cv2
 import numpy as np
@@ -21,7 +22,8 @@ from scrfdkit.wider.closeup import (CLOSEUP_BUCKETS, CLOSEUP_SEED, closeup_faces
                               place_crop, run_closeups)
 from scrfdkit.files import read_image
 from scrfdkit.decode import STRIDES
-from scrfdkit.tiles import (BORDER_MARGIN, CLOSEUP_SHRINK, WHOLE_PASS_MIN_FACE, decode_tiles,
+from scrfdkit.tiles import (BORDER_MARGIN, CLOSEUP_SHRINK, GATE_FULL_SCALE, WHOLE_PASS_MIN_FACE,
+                            decode_tiles,
                             plan_tiles, prepare_tiled, run_tiled, whole_pass_scale)
 from scrfdkit.timing import Profile
 from scrfdkit.wider.dataset import load_ground_truth, select_images
@@ -146,6 +148,47 @@ def test_a_tall_candidate_at_a_low_score_brings_the_close_up_pass():
     assert np.allclose(faces.boxes[0], np.array([30, 10, 110, 90]) / scale)
 
 
+def tiles_holding(plan, point: tuple[float, float]) -> int:
+    """How many of the plan's tiles hold this photo point (counted here, from the origins)."""
+    x, y = point
+    return sum(ox <= x < ox + plan.tile_hw[1] and oy <= y < oy + plan.tile_hw[0]
+               for ox, oy in plan.origins)
+
+
+def test_the_gate_runs_only_the_tiles_where_the_whole_pass_sees_a_candidate():
+    """A whole-pass candidate at 0.3, over a 0.25 gate, opens the tiles holding its centre
+    and no others (and, being small, is theirs to find); a small detection at 0.2, under the
+    gate but over the photo score 0.15, lies in no tile that ran, so the whole pass answers
+    for it: it is kept, not dropped as the tiles' to find."""
+    low = (100, 40, 112, 52)  # 12 px in the input, in the right half
+    small = (10, 100, 20, 110)  # 10 px, bottom left, far from it
+    empty = raw_outputs((128, 160), [])
+    whole = raw_outputs((128, 160), [low], 0.3)
+    for level in whole.values():  # the second candidate, at its own score
+        level["score"] = level["score"].copy()
+    extra = raw_outputs((128, 160), [small], 0.2)
+    whole[8]["score"] = np.maximum(whole[8]["score"], extra[8]["score"])
+    index = np.flatnonzero(extra[8]["score"])[0]
+    whole[8]["bbox"][index] = extra[8]["bbox"][index]
+    prepared = prepare_tiled(np.zeros((200, 300, 3), np.uint8), (128, 160), "NHWC")
+    scale = prepared.whole[1]
+    assert scale >= GATE_FULL_SCALE  # the gate as given, not halved
+    center = ((low[0] + low[2]) / 2 / scale, (low[1] + low[3]) / 2 / scale)
+    opened = tiles_holding(prepared.plan, center)
+    assert 1 <= opened < len(prepared.plan)
+    runner = ScriptedRunner(whole, empty)
+    faces, passes = run_tiled(runner, prepared, 0.15, 0.4, 0, Profile(), gate=0.25)
+    assert passes == runner.calls == 1 + opened
+    assert len(faces) == 1 and np.isclose(faces.scores[0], 0.2)  # the small one, kept
+    assert np.allclose(faces.boxes[0], np.array(small) / scale, atol=1)
+    runner = ScriptedRunner(whole, empty)  # a gate above both: no tile, both the whole pass's
+    faces, passes = run_tiled(runner, prepared, 0.15, 0.4, 0, Profile(), gate=0.5)
+    assert passes == 1 and len(faces) == 2
+    runner = ScriptedRunner(whole, empty)  # no gate: every tile, both small ones the tiles'
+    faces, passes = run_tiled(runner, prepared, 0.15, 0.4, 0, Profile(), gate=None)
+    assert passes == 1 + len(prepared.plan) and len(faces) == 0
+
+
 # ----------------------------------------------------------------------------- real faces
 @pytest.fixture(scope="module")
 def wider_faces(wider_dir):
@@ -169,7 +212,15 @@ def wider_faces(wider_dir):
 
 @pytest.fixture(scope="module")
 def detector(det500m_onnx):
+    """Tiled as SCRFD(tile=True) is: tiles gated by the whole pass (TILE_GATE_SCORE)."""
     return SCRFD(det500m_onnx, SMALL_HW, score_threshold=0.5, threads=1, tile=True)
+
+
+@pytest.fixture(scope="module")
+def every_tile(det500m_onnx):
+    """Every tile of the plan, whatever the whole pass saw (tile_gate=None)."""
+    return SCRFD(det500m_onnx, SMALL_HW, score_threshold=0.5, threads=1, tile=True,
+                 tile_gate=None)
 
 
 def paste_face(canvas: np.ndarray, source: tuple, height: int, center: tuple[float, float],
@@ -198,9 +249,12 @@ def iou(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
     return inter / (areas + (box[2] - box[0]) * (box[3] - box[1]) - inter)
 
 
-def test_faces_across_tile_borders_are_found_once_and_whole(detector, wider_faces):
+@pytest.mark.parametrize("gated", [False, True], ids=["every tile", "gated"])
+def test_faces_across_tile_borders_are_found_once_and_whole(detector, every_tile, wider_faces,
+                                                           gated):
     """Faces centred on inner tile edges (a vertical one, a horizontal one, a corner where
-    four tiles meet): each is found once, whole, and nothing else is found on it."""
+    four tiles meet): each is found once, whole, and nothing else is found on it; gated,
+    only the tiles around the faces run, and they find the same faces."""
     photo_hw = (384, 480)
     plan = plan_tiles(photo_hw, SMALL_HW)
     assert len(plan.ys) >= 3 and len(plan.xs) >= 3
@@ -213,8 +267,13 @@ def test_faces_across_tile_borders_are_found_once_and_whole(detector, wider_face
              for source, center in zip(wider_faces, centers)]
     for face, (cx, cy) in zip(faces[:3], centers):  # the placement really straddles the edges
         assert face[0] < cx < face[2] or face[1] < cy < face[3]
-    found = detector.detect(canvas)
-    assert detector.passes == 1 + len(plan)
+    used = detector if gated else every_tile
+    found = used.detect(canvas)
+    if gated:
+        assert 1 + 4 <= used.passes < 1 + len(plan)
+        assert same_faces(found, every_tile.detect(canvas))
+    else:
+        assert used.passes == 1 + len(plan)
     for face in faces:
         overlap = iou(found.boxes, face)
         assert (overlap >= 0.5).sum() == 1, (face, found.boxes, found.scores)
@@ -252,10 +311,18 @@ def test_faces_cut_by_tile_borders_in_real_photos_leave_no_half_faces(det500m_on
     assert straddling >= 10  # the photos do test the borders
 
 
+def same_faces(a, b) -> bool:
+    return (np.array_equal(a.boxes, b.boxes) and np.array_equal(a.scores, b.scores)
+            and np.array_equal(a.landmarks, b.landmarks))
+
+
 @pytest.mark.parametrize("photo_hw, center", [((512, 640), (300, 260)), ((512, 150), (75, 300))])
-def test_a_tiny_face_in_a_large_photo_needs_the_tiles(detector, wider_faces, photo_hw, center):
+def test_a_tiny_face_in_a_large_photo_needs_the_tiles(every_tile, wider_faces, photo_hw, center):
     """A 28-pixel face in a 512-pixel-tall photo is 7 pixels in the 128x160 letterbox pass
-    (the narrow photo gets one column of zero-padded tiles)."""
+    (the narrow photo gets one column of zero-padded tiles). The whole pass scores such a
+    face 0.03-0.11, so only every tile (tile_gate=None) is sure to find it alone on a
+    plain background."""
+    detector = every_tile
     canvas = np.full((*photo_hw, 3), GRAY, np.uint8)
     face = paste_face(canvas, wider_faces[0], 28, center)
     single = detector.detect(canvas, tile=False)
@@ -266,6 +333,24 @@ def test_a_tiny_face_in_a_large_photo_needs_the_tiles(detector, wider_faces, pho
     x1, y1, x2, y2 = face
     assert ((tiled.landmarks[0, :, 0] > x1) & (tiled.landmarks[0, :, 0] < x2)).all()
     assert ((tiled.landmarks[0, :, 1] > y1) & (tiled.landmarks[0, :, 1] < y2)).all()
+
+
+@pytest.mark.parametrize("source", range(4))
+def test_the_gate_keeps_a_small_face_the_whole_pass_scores_below_the_photo_score(
+        detector, every_tile, wider_faces, source):
+    """A 56-pixel face in a 512x640 photo is 14 pixels in the letterbox pass, which scores it
+    0.27-0.47: under the photo's 0.5, over the gate. The gate runs the tiles around it
+    (not all), which find it as every tile does: the same faces, exactly."""
+    canvas = np.full((512, 640, 3), GRAY, np.uint8)
+    face = paste_face(canvas, wider_faces[source], 56, (300, 260))
+    plan = plan_tiles(canvas.shape[:2], SMALL_HW)
+    single = detector.detect(canvas, tile=False)
+    gated = detector.detect(canvas)
+    assert not len(single) or iou(single.boxes, face).max() < 0.5
+    assert 1 < detector.passes < 1 + len(plan)
+    assert len(gated) == 1 and iou(gated.boxes, face)[0] >= 0.5 and gated.scores[0] >= 0.5
+    assert same_faces(gated, every_tile.detect(canvas))
+    assert every_tile.passes == 1 + len(plan)
 
 
 def test_a_photo_that_fits_the_input_runs_once_and_exactly_as_the_single_pass(detector,
@@ -315,7 +400,8 @@ def test_scrfd_py_tiles_on_request_and_with_blur_by_default(det500m_onnx, tmp_pa
     args = ["--model", det500m_onnx, "--size", "128,160", "--image", photo]
     tiled = run_script("scrfd.py", *args, "--tile", "--out", tmp_path / "t").stdout
     plan = plan_tiles(cv2.imread(str(photo)).shape[:2], SMALL_HW)
-    assert f"{1 + len(plan)} model pass(es)" in tiled or f"{2 + len(plan)} model pass(es)" in tiled
+    passes = int(re.search(r"(\d+) model pass\(es\)", tiled).group(1))
+    assert 1 + 10 < passes <= 2 + len(plan)  # the tiles the crowd's faces open
     assert "1 model pass(es), 1.00 per image" in run_script(
         "scrfd.py", *args, "--blur", "--no-tile", "--out", tmp_path / "n").stdout
     assert "(tiled; --no-tile: one each)" in run_script(

@@ -30,8 +30,8 @@ from pathlib import Path
 
 from scrfdkit.ap_results import result_files
 from scrfdkit.bench import speed
-from scrfdkit.bench.backends import (ALL_BACKENDS, BACKEND_FORMAT, CPU_BACKENDS, GPU_BACKENDS,
-                                     gpu_status, input_tensor, nvidia_gpu, open_backend)
+from scrfdkit.bench.backends import (ALL_BACKENDS, BACKEND_FORMAT, GPU_BACKENDS, choose_backends,
+                                     device_backends, input_tensor, open_backend)
 from scrfdkit.bench.memory_probe import fresh_process_memory
 from scrfdkit.bench.model_grid import GRID_SIZES, default_models, expand_models, grid_models
 from scrfdkit.bench.model_stats import (ModelStatsError, load_graph, model_statistics,
@@ -42,7 +42,6 @@ from scrfdkit.bench.thread_speed import shared_table, time_shared
 from scrfdkit.bench.tile_speed import DEFAULT_PHOTOS, tile_rows, tile_table, time_tiles
 from scrfdkit.cli import (DATA_DIR, DEFAULT_WIDER, MODELS_DIR, REPO, RESULTS_DIR, ArgumentParser,
                           add_device_argument, cli, fraction, parse_hw, positive_int)
-from scrfdkit.devices import device_providers
 from scrfdkit.defaults import EVAL_NMS_THRESHOLD, EVAL_SCORE_THRESHOLD, TILE_FACE
 from scrfdkit.errors import UserError
 from scrfdkit.tiles import TILE_GATE_SCORE
@@ -250,21 +249,6 @@ def run_tile_timing(args: argparse.Namespace) -> int:
     return 0
 
 
-def device_backends(args: argparse.Namespace) -> str:
-    """--backends, or for --device cuda or tensorrt its ONNX Runtime backend alone (checked:
-    a one-line error when this onnxruntime lacks the provider)."""
-    if args.device == "cpu":
-        return args.backends
-    if args.backends != "auto":
-        raise UserError("give either --device or --backends (a comma list may name "
-                        "onnxruntime-cuda and onnxruntime-tensorrt)")
-    if f"onnxruntime-{args.device}" not in GPU_BACKENDS:
-        raise UserError(f"--device {args.device}: speed_test.py times cuda and tensorrt (its "
-                        "onnxruntime-cuda and onnxruntime-tensorrt backends)")
-    device_providers(args.device)
-    return f"onnxruntime-{args.device}"
-
-
 def run_shared_timing(args: argparse.Namespace) -> int:
     """--shared-threads: one detector's photos per second with K threads calling it."""
     models = expand_models(args.models) if args.models else [
@@ -278,24 +262,6 @@ def run_shared_timing(args: argparse.Namespace) -> int:
     if args.markdown:
         print(f"wrote {write_markdown(args.markdown, lines)}")
     return 0
-
-
-def choose_backends(text: str) -> tuple[list[str], dict, str | None]:
-    """The backends to run, and the GPU situation, printed so no CPU number passes for a GPU one."""
-    gpus, gpu_name = gpu_status(), nvidia_gpu()
-    usable = [b for b, why in gpus.items() if why is None]
-    if text == "auto":
-        backends = list(CPU_BACKENDS) + usable
-    else:
-        backends = [b.strip() for b in text.split(",") if b.strip()]
-        unknown = [b for b in backends if b not in ALL_BACKENDS]
-        if unknown or not backends:
-            raise UserError(f"unknown backend {(unknown or [text])[0]!r}; choose from {', '.join(ALL_BACKENDS)}")
-    print(f"GPU: {gpu_name or 'no NVIDIA GPU found (nvidia-smi)'}; " + "; ".join(
-        f"{b}: {'available' if why is None else 'not available, ' + why}" for b, why in gpus.items()))
-    if not usable:
-        print("GPU: none usable here, so there are no GPU rows: every number below is CPU")
-    return backends, gpus, gpu_name
 
 
 def choose_models(args: argparse.Namespace) -> list[Path]:
@@ -346,7 +312,7 @@ def prepare(models: list[Path], backends: list[str], args: argparse.Namespace, i
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    args.backends = device_backends(args)
+    args.backends = device_backends(args.device, args.backends)
     image = check_inputs(args)
     if args.analyze:
         return run_statistics([Path(p) for p in args.analyze], args.hw, image)

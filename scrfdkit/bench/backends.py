@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..decode import preprocess
+from ..devices import device_providers
 from ..errors import UserError
 from ..files import read_image
 from ..runners import LiteRTRunner, OnnxRunner, Runner, open_runner
@@ -125,3 +126,36 @@ def input_tensor(runner: Runner, image: str | os.PathLike | None) -> np.ndarray:
         return preprocess(read_image(image), runner.input_hw, runner.layout)[0]
     shape = (1, 3, *runner.input_hw) if runner.layout == "NCHW" else (1, *runner.input_hw, 3)
     return np.zeros(shape, np.float32)
+
+
+def choose_backends(text: str) -> tuple[list[str], dict, str | None]:
+    """The backends to run, and the GPU situation, printed so no CPU number passes for a GPU one."""
+    gpus, gpu_name = gpu_status(), nvidia_gpu()
+    usable = [b for b, why in gpus.items() if why is None]
+    if text == "auto":
+        backends = list(CPU_BACKENDS) + usable
+    else:
+        backends = [b.strip() for b in text.split(",") if b.strip()]
+        unknown = [b for b in backends if b not in ALL_BACKENDS]
+        if unknown or not backends:
+            raise UserError(f"unknown backend {(unknown or [text])[0]!r}; choose from {', '.join(ALL_BACKENDS)}")
+    print(f"GPU: {gpu_name or 'no NVIDIA GPU found (nvidia-smi)'}; " + "; ".join(
+        f"{b}: {'available' if why is None else 'not available, ' + why}" for b, why in gpus.items()))
+    if not usable:
+        print("GPU: none usable here, so there are no GPU rows: every number below is CPU")
+    return backends, gpus, gpu_name
+
+
+def device_backends(device: str, backends: str) -> str:
+    """--backends, or for --device cuda or tensorrt its ONNX Runtime backend alone (checked:
+    a one-line error when this onnxruntime lacks the provider)."""
+    if device == "cpu":
+        return backends
+    if backends != "auto":
+        raise UserError("give either --device or --backends (a comma list may name "
+                        "onnxruntime-cuda and onnxruntime-tensorrt)")
+    if f"onnxruntime-{device}" not in GPU_BACKENDS:
+        raise UserError(f"--device {device}: speed_test.py times cuda and tensorrt (its "
+                        "onnxruntime-cuda and onnxruntime-tensorrt backends)")
+    device_providers(device)
+    return f"onnxruntime-{device}"

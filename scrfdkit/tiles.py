@@ -50,7 +50,8 @@ CLOSEUP_TRIGGER_SCORE = 0.1  # at any score from this on: then the photo runs on
 CLOSEUP_SHRINK = 0.7  # at this times the letterbox scale (zero padding around it),
 CLOSEUP_KEEP = 0.2  # and that pass answers for faces at least this tall (of its input height)
 TILE_GATE_SCORE = 0.1  # a tile runs where the whole pass has a candidate this likely (None: all),
-GATE_FULL_SCALE = 0.5  # halved where the whole pass shrinks the photo more than this
+GATE_FULL_SCALE = 0.5  # halved where the whole pass shrinks the photo more than this,
+GATE_MIN_SCALE = 0.25  # and off (every tile) where it shrinks it more than this
 
 
 @dataclass(frozen=True)
@@ -251,8 +252,12 @@ def _select(candidates: Candidates, keep: np.ndarray, scale: float = 1.0) -> Can
 def gate_score(gate: float | None, scale: float) -> float | None:
     """The whole-pass score that opens a tile, for a whole pass at `scale`: `gate`, halved
     when the photo shrinks more than GATE_FULL_SCALE (its faces shrink too, and a 7-pixel
-    face in the letterbox scores only 0.03-0.1)."""
-    return None if gate is None else gate * (1.0 if scale >= GATE_FULL_SCALE else 0.5)
+    face in the letterbox scores only 0.03-0.1), None (every tile) when it shrinks more than
+    GATE_MIN_SCALE: a panorama's faces are then a few pixels in the letterbox and leave no
+    candidate to open their tile (a 4800x400 strip of faces: none found with the gate)."""
+    if gate is None or scale < GATE_MIN_SCALE:
+        return None
+    return gate * (1.0 if scale >= GATE_FULL_SCALE else 0.5)
 
 
 def gated_tiles(plan: TilePlan, centers: np.ndarray, scores: np.ndarray, gate: float | None

@@ -93,7 +93,7 @@ def test_one_file_options_are_refused_for_several_videos(det500m_onnx, samples_d
 def test_ctrl_c_in_the_third_video_keeps_the_first_two(det500m_onnx, samples_dir, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
-    for name, frames in (("a", 4), ("b", 5), ("c", 400)):
+    for name, frames in (("a", 4), ("b", 5), ("c", 1500)):
         write_clip(folder / f"{name}.mp4", samples_dir / "friends.jpg", frames,
                    pts_ms=[i * 100 for i in range(frames)])
     out = tmp_path / "out"
@@ -105,7 +105,7 @@ def test_ctrl_c_in_the_third_video_keeps_the_first_two(det500m_onnx, samples_dir
     for line in proc.stdout:
         if line.startswith(f"source {folder / 'c.mp4'}"):
             break
-    time.sleep(2.0)  # some of c's frames are done
+    time.sleep(0.5)  # some of c's frames are done (c takes seconds at 200 fps)
     finished_before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
@@ -120,6 +120,6 @@ def test_ctrl_c_in_the_third_video_keeps_the_first_two(det500m_onnx, samples_dir
     partial = out / "c_fdlm.mp4"
     if partial.exists():  # playable, with one JSON line for each of its frames
         done = frames_in(partial)
-        assert 0 < done < 400
+        assert 0 < done < 1500
         assert len(json_lines(out / "c_fdlm.jsonl")) == done
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary left

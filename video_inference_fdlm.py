@@ -59,8 +59,8 @@ from scrfdkit.photos import encode
 from scrfdkit.pipeline import WriteBehind, read_ahead
 from scrfdkit.tiles import largest_tile_face
 from scrfdkit.timing import Profile
-from scrfdkit.track import (DEFAULT_HOLD, DEFAULT_TRACK_SCORE, CutDetector, FaceTracker, Region,
-                            track_video)
+from scrfdkit.track import DEFAULT_HOLD, DEFAULT_TRACK_SCORE, FaceTracker, Region, track_video
+from scrfdkit.track.keyframes import KeyframeSearch, add_keyframe_argument
 from scrfdkit.video import (DEFAULT_CRF, DEFAULT_PRESET, PRESETS, VIDEO_SUFFIXES, Frame,
                             VideoSink, check_encoding, open_source, patch_yuv, spare_threads)
 
@@ -122,6 +122,7 @@ def parse_args(argv: list[str] | None = None):
                            "--track-hold frames before its first detection (video files only)")
     add_detector_arguments(parser, per="frame", blur_score=VIDEO_BLUR_SCORE_THRESHOLD)
     add_tile_argument(parser, per="frame", blur=True)
+    add_keyframe_argument(parser)
     add_verify_arguments(parser, "frame", DEFAULT_VERIFY_MODEL, VERIFY_SCORE)
     args = parser.parse_args(argv)
     if not 0 <= args.blur_grow <= 2:
@@ -206,8 +207,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{source.fps:.2f} fps")
     profile = Profile()
     lines: list[str] = []
-
-    cuts = CutDetector()
+    # the full search on keyframes (scrfdkit/track/keyframes.py); shot changes found there too
+    search = KeyframeSearch(detector, args.keyframe_interval, detect_from, profile)
 
     def decoded(frames: Iterator[Frame], prepare: bool = True
                 ) -> Iterator[tuple[Frame, tuple | None, bool]]:
@@ -221,11 +222,8 @@ def main(argv: list[str] | None = None) -> int:
             if not prepare:
                 yield frame, None, False
                 continue
-            cut = False
-            if args.blur:
-                with profile("cuts"):
-                    cut = cuts(frame.image)
-            yield frame, detector.prepare(frame.image), cut
+            prepared = search.prepare(frame.image)
+            yield frame, prepared, prepared.cut
 
     def write_frame(index: int, frame: Frame, faces: Detections, regions: list[Region] | None,
                     sink: VideoSink, staged: StagedOutputs) -> None:
@@ -272,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
                                                        QUEUE_DEPTH):
                     if stop:
                         break
-                    found.append(detector.detect_prepared(prepared))
+                    found.append(search.detect(prepared))
                     cut_flags.append(cut)
                     bar.update()
             if stop:
@@ -303,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
                     if plan is not None:
                         dets, regions = plan[frame_count]
                     else:
-                        dets, regions = detector.detect_prepared(prepared), None
+                        dets, regions = search.detect(prepared), None
                         if tracker is not None:
                             with profile("track"):
                                 if cut:

@@ -346,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     print_summary(frame_count, faces, blurred if args.blur else None, elapsed, first_pass,
                   seconds, detector.total_passes)
     if tile and args.blur and args.tile is None:
-        print("(tiled, the --blur default, for the small faces; --no-tile runs one pass a frame)")
+        print(f"(tiled, the --blur default, for the small faces: the full search on "
+              f"{search.keyframes} keyframes, --keyframe-interval; --no-tile: one pass a frame)")
     if not kept:
         print(f"{'anonymised' if args.blur else 'annotated'} video: {display(video_path)} "
               f"({sink.describe()}; {source.fps:.2f} fps, {frame_count} frames)")

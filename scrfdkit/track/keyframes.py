@@ -38,7 +38,8 @@ PATCH_BELOW = 24  # px in the whole pass's input: followed faces smaller than th
 PATCH_CONTEXT = 1.0  # a patch reaches this many face heights past the face on every side
 MIN_PATCH = 64  # px, a patch's smallest side (context for a tiny face)
 GAP = 8  # px of zeros between patches in the mosaic
-FOLLOW_FRAMES = 10  # a followed face is looked for this many frames after it was last found
+FOLLOW_FRAMES = 25  # a followed face is looked for this many frames (1 s at 25 fps) after it
+# was last found: a face hidden for a moment (behind a passer-by) is looked for again
 
 
 @dataclass
@@ -60,7 +61,8 @@ class Patch:
 
 
 def add_keyframe_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--keyframe-interval", type=positive_int, default=DEFAULT_INTERVAL, metavar="K",
+    parser.add_argument("--keyframe-interval", type=positive_int, default=DEFAULT_INTERVAL,
+                        metavar="K",
                         help="with tiles, the full small-face search runs on the first frame, "
                              "at every shot change and every K frames; the frames between get "
                              "the whole-frame pass plus one pass over patches around the small "
@@ -114,6 +116,7 @@ class KeyframeSearch:
     def detect(self, frame: KeyframeInput) -> Detections:
         detector = self.detector
         if not self.active:
+            self.keyframes += 1
             return detector.detect_prepared(frame.prepared)
         before = detector.total_passes
         if frame.cut:
@@ -181,7 +184,8 @@ class KeyframeSearch:
         """The tiled search's close-up pass, when a face found or followed may fill half the
         input (SCRFD loses faces that fill the frame)."""
         input_h = self.detector.input_hw[0]
-        heights = np.concatenate([whole.boxes[:, 3] - whole.boxes[:, 1], looked[:, 3] - looked[:, 1]])
+        heights = np.concatenate([whole.boxes[:, 3] - whole.boxes[:, 1],
+                                  looked[:, 3] - looked[:, 1]])
         if not np.any(heights * scale >= CLOSEUP_FRACTION * input_h):
             return None
         shrink = scale * CLOSEUP_SHRINK

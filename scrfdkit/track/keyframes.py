@@ -65,8 +65,9 @@ def add_keyframe_argument(parser: argparse.ArgumentParser) -> None:
                         metavar="K",
                         help="with tiles, the full small-face search runs on the first frame, "
                              "at every shot change and every K frames; the frames between get "
-                             "the whole-frame pass plus one pass over patches around the small "
-                             "faces being followed, so a small face appearing between keyframes "
+                             "the whole-frame pass, carrying patches of the frame around the "
+                             "small faces being followed (more passes when they do not all "
+                             "fit), so a small face appearing between keyframes "
                              f"is found within K-1 frames (default {DEFAULT_INTERVAL}; 1: the "
                              "full search on every frame)")
 

@@ -54,7 +54,7 @@ from scrfdkit.scale.reach import CONNECT_TIMEOUT, check_reachable
 from scrfdkit.video import VideoUnreadable, is_stream
 from scrfdkit.video_sink import VIDEO_SUFFIXES, check_encoding, spare_threads
 from scrfdkit.video_api import SUFFIX, find_videos, output_names, output_paths
-from scrfdkit.videos import (EveryFrame, VideoOptions, VideoSummary, describe_detection,
+from scrfdkit.videos import (VideoOptions, VideoSummary, describe_detection, frame_step,
                              run_videos)
 
 def parse_args(argv: list[str] | None = None):
@@ -139,9 +139,9 @@ def main(argv: list[str] | None = None) -> int:
             batch = run_videos_on_ray(recipe, videos, paths, options, stop, args.ray or None,
                                       args.threads, done)
         else:
-            batch = run_videos(EveryFrame(detector), videos, paths, options, stop, lambda s: print(
-                f"source {s.name}: {s.total or 'unknown number of'} frames at {s.fps:.2f} fps"),
-                done, show)
+            batch = run_videos(frame_step(detector, options), videos, paths, options, stop,
+                               lambda s: print(f"source {s.name}: {s.total or 'unknown number of'}"
+                                               f" frames at {s.fps:.2f} fps"), done, show)
     finally:
         if args.show:
             cv2.destroyAllWindows()
@@ -186,7 +186,8 @@ def report(args, tile: int | None, run: VideoSummary | VideoUnreadable) -> None:
         print(f"upright: every frame turned {run.rotation}° counter-clockwise, as the source's "
               f"{run.rotated_by} asks; the video and the JSON lines are upright")
     if tile and args.blur and args.tile is None:
-        print("(tiled, the --blur default, for the small faces; --no-tile runs one pass a frame)")
+        print(f"(tiled, the --blur default, for the small faces: the full search on "
+              f"{run.keyframes} keyframes, --keyframe-interval; --no-tile: one pass a frame)")
     if not run.kept:
         print(f"{'anonymised' if args.blur else 'annotated'} video: {display(run.video)} "
               f"({run.encoding}; {run.fps:.2f} fps, {frames} frames)")

@@ -285,6 +285,23 @@ def add_tile_argument(parser: argparse.ArgumentParser, per: str = "photo",
         parser.add_argument("--no-tile", action="store_true",
                             help=f"one pass per {per}, also with --blur (faster, misses more "
                                  "small faces)")
+    if per == "frame":
+        add_keyframe_argument(parser)
+
+
+def add_keyframe_argument(parser: argparse.ArgumentParser) -> None:
+    """--keyframe-interval: how often a video gets the full (tiled) search (keyframes.py)."""
+    from .keyframes import DEFAULT_INTERVAL
+
+    parser.add_argument("--keyframe-interval", type=positive_int, default=DEFAULT_INTERVAL,
+                        metavar="K",
+                        help="with tiles, the full small-face search runs on the first frame, "
+                             "at every shot change and every K frames; the frames between get "
+                             "the whole-frame pass, carrying patches of the frame around the "
+                             "small faces being followed (more passes when they do not all "
+                             "fit), so a small face appearing between keyframes "
+                             f"is found within K-1 frames (default {DEFAULT_INTERVAL}; 1: the "
+                             "full search on every frame)")
 
 
 def tile_setting(args: argparse.Namespace) -> int | None:

@@ -27,7 +27,8 @@ from .metadata import metadata_path
 from .pipeline import StopRequests
 from .video import VideoSource, WebcamSource, is_stream, open_video, stream_stem
 from .video_sink import VIDEO_SUFFIXES, spare_threads
-from .videos import (EveryFrame, VideoJob, VideoOptions, VideoPaths, VideoSummary, run_video,
+from .keyframes import KeyframeSearch
+from .videos import (VideoJob, frame_step, VideoOptions, VideoPaths, VideoSummary, run_video,
                      video_detector)
 
 SUFFIX = "_fdlm"  # <out>/<video stem>_fdlm.mp4 and .jsonl
@@ -121,18 +122,18 @@ class FrameFaces(NamedTuple):
 
 def _prepared(model: SCRFD | str | os.PathLike, tile: int | bool | None, nms: float,
               max_faces: int, size: tuple[int, int] | None, threads: int, **options
-              ) -> tuple[EveryFrame, VideoOptions]:
+              ) -> tuple[KeyframeSearch, VideoOptions]:
     """The detection step and the options for the API's keyword arguments, as the script
     makes them from its options (tile None: on with blur, as --blur's default)."""
     options.setdefault("encoder_threads", spare_threads(threads))  # as the script does
     video_options = VideoOptions(**options)
     if isinstance(model, SCRFD):  # used as it is made: its threshold is where faces start
-        return EveryFrame(model), video_options
+        return frame_step(model, video_options), video_options
     if tile is None:
         tile = bool(video_options.blur)
     tile_face = None if tile is False else TILE_FACE if tile is True else int(tile)
-    return EveryFrame(video_detector(model, video_options, tile_face, nms, max_faces, size,
-                                     threads)), video_options
+    return frame_step(video_detector(model, video_options, tile_face, nms, max_faces, size,
+                                     threads), video_options), video_options
 
 
 def _source(video: str | os.PathLike | int) -> VideoSource | WebcamSource:

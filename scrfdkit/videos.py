@@ -29,10 +29,10 @@ from .faces import ARCFACE_SIZE, VIDEO_BLUR_GROW, VIDEO_BLUR_SHAPE, Replacement,
 from .files import StagedOutputs, display
 from .photos import encode
 from .pipeline import StopRequests, WriteBehind, read_ahead
+from .keyframes import DEFAULT_INTERVAL, KeyframeSearch
 from .tiles import largest_tile_face
 from .timing import Profile
-from .tracker import (DEFAULT_HOLD, DEFAULT_TRACK_SCORE, CutDetector, FaceTracker, Region,
-                      track_video)
+from .tracker import DEFAULT_HOLD, DEFAULT_TRACK_SCORE, FaceTracker, Region, track_video
 from .video import (STREAM_TIMEOUT, Frame, StreamSource, VideoSource, VideoUnreadable,
                     WebcamSource, open_video)
 from .video_sink import DEFAULT_PRESET, VideoSink, patch_yuv
@@ -52,6 +52,7 @@ class VideoOptions:
     track_score: float = DEFAULT_TRACK_SCORE  # with blur: low-score faces may continue a track
     track_hold: int = DEFAULT_HOLD
     two_pass: bool = False  # with blur: detect the whole video first (files only)
+    keyframe_interval: int = DEFAULT_INTERVAL  # with tiles: the full search every K frames
     crops: Path | None = None  # folder for aligned face crops, or None
     crop_size: int = ARCFACE_SIZE
     max_frames: int = 0  # 0: every frame
@@ -104,21 +105,12 @@ def describe_detection(detector: SCRFD, options: VideoOptions, tile: int | None)
                "whole in a tile)" if tile else ""))
 
 
-class EveryFrame:
-    """The per-frame detection step, the one place run_video asks for a frame's faces: the
-    detector on every frame. Another scheme (detecting fewer frames, say) stands in with the
-    same two calls and a `detector` (whose passes and timings the summary reports)."""
-
-    def __init__(self, detector) -> None:
-        self.detector = detector
-
-    def prepare(self, image: np.ndarray) -> object:
-        """The model input, made in the read-ahead thread beside decoding."""
-        return self.detector.prepare(image)
-
-    def __call__(self, image: np.ndarray, prepared: object, cut: bool) -> Detections:
-        """The frame's faces; `cut`: the frame starts a new shot."""
-        return self.detector.detect_prepared(prepared)
+def frame_step(detector: SCRFD, options: VideoOptions) -> KeyframeSearch:
+    """The per-frame detection step, the one place run_video asks for a frame's faces: with
+    tiles, the full search on keyframes and the whole pass plus patches between them
+    (keyframes.py); without tiles (or --keyframe-interval 1), the detector on every frame."""
+    return KeyframeSearch(detector, options.keyframe_interval, options.detect_from,
+                          track_score=options.track_score)
 
 
 STAGES = (("decode", ("decode",)), ("preprocess", ("preprocess",)), ("model", ("inference",)),
@@ -137,6 +129,7 @@ class VideoSummary:
     faces: int = 0  # faces shown (score >= the threshold), summed over the frames
     blurred: int | None = None  # regions blurred, summed over the frames (None: no blur)
     passes: int = 0  # model passes (more than one a frame when tiled)
+    keyframes: int = 0  # frames given the full search (every frame without tiles)
     seconds: float = 0.0  # the whole run
     first_pass: float = 0.0  # two passes: the seconds of the first (detect and track)
     stages: dict[str, float] = field(default_factory=dict)  # seconds per stage
@@ -215,7 +208,7 @@ Planned = list[tuple[Detections, list[Region]]]  # two passes: each frame's face
 class VideoJob:
     """One video through the job; run_video() is how it is used."""
 
-    def __init__(self, step: EveryFrame, source: VideoSource | WebcamSource,
+    def __init__(self, step: KeyframeSearch, source: VideoSource | WebcamSource,
                  options: VideoOptions, stop: StopRequests,
                  on_frame: Callable[[np.ndarray], None] | None = None, progress: bool = True,
                  crop_name: str | None = None) -> None:
@@ -224,7 +217,6 @@ class VideoJob:
         self.crop_name = crop_name or source.stem
         self.threshold = options.threshold
         self.profile = Profile()
-        self.cuts = CutDetector()
         self.lines: list[str] = []
         self.limited = False  # --duration ended the frames
         self.wanted = min(filter(None, (source.total, options.max_frames)), default=None)
@@ -241,11 +233,8 @@ class VideoJob:
             if not prepare:
                 yield frame, None, False
                 continue
-            cut = False
-            if self.options.blur:
-                with self.profile("cuts"):
-                    cut = self.cuts(frame.image)
-            yield frame, self.step.prepare(frame.image), cut
+            prepared = self.step.prepare(frame.image)  # with the shot-change flag
+            yield frame, prepared, prepared.cut
 
     def frames(self) -> Iterator[Frame]:
         """The source's frames, up to --max-frames and --duration (seconds from the first)."""
@@ -369,6 +358,8 @@ class VideoJob:
                                blurred=0 if options.blur else None)
         detector = self.step.detector
         passes, seconds = detector.total_passes, dict(detector.profile.totals)
+        self.step.reset()
+        steps, keyframes = dict(self.step.profile.totals), self.step.keyframes
         started = time.perf_counter()
         plan: Planned | None = None
         with self.stop:
@@ -404,11 +395,13 @@ class VideoJob:
         summary.passes = detector.total_passes - passes
         summary.stages = {**self.profile.totals, **{
             stage: total - seconds.get(stage, 0.0)
-            for stage, total in detector.profile.totals.items()}}
+            for stage, total in detector.profile.totals.items()}, **{
+            stage: total - steps.get(stage, 0.0) for stage, total in self.step.profile.totals.items()}}
+        summary.keyframes = self.step.keyframes - keyframes
         return summary
 
 
-def run_video(step: EveryFrame, source: VideoSource | WebcamSource, video_path: Path,
+def run_video(step: KeyframeSearch, source: VideoSource | WebcamSource, video_path: Path,
               json_path: Path, options: VideoOptions = VideoOptions(),
               stop: StopRequests | None = None,
               on_frame: Callable[[np.ndarray], None] | None = None, progress: bool = True,
@@ -451,7 +444,7 @@ class BatchSummary:
                 f"{self.frames / self.seconds:.1f} fps overall")
 
 
-def run_videos(step: EveryFrame, videos: list[Path | str | int], paths: list[VideoPaths],
+def run_videos(step: KeyframeSearch, videos: list[Path | str | int], paths: list[VideoPaths],
                options: VideoOptions = VideoOptions(), stop: StopRequests | None = None,
                started: Callable[[VideoSource], None] = lambda source: None,
                done: Callable[[VideoSummary | VideoUnreadable], None] = lambda result: None,

@@ -21,7 +21,8 @@ from typing import Callable, Sequence
 from ..errors import UserError, one_line
 from ..pipeline import StopRequests
 from ..video import VideoUnreadable, open_video
-from ..videos import BatchSummary, EveryFrame, VideoOptions, VideoPaths, VideoSummary, run_video
+from ..videos import (BatchSummary, VideoOptions, VideoPaths, VideoSummary, frame_step,
+                      run_video)
 from .ray_jobs import connect, ray
 
 POLL_SECONDS = 0.5  # how often the driver looks for a stop request while tasks run
@@ -33,7 +34,7 @@ def one_video(make_detector: Callable, video: Path | str, where: VideoPaths,
     """One task: the video through run_video, in the driver's working folder (relative paths
     in the JSON lines stay as a local run writes them); an unreadable video is returned."""
     os.chdir(workdir)
-    step = EveryFrame(make_detector())
+    step = frame_step(make_detector(), options)
     try:
         return run_video(step, open_video(video, options.timeout), where.video, where.json,
                          options, progress=False, crop_name=where.name)

@@ -54,8 +54,8 @@ from scrfdkit.scale.reach import CONNECT_TIMEOUT, check_reachable
 from scrfdkit.video import VideoUnreadable, is_stream
 from scrfdkit.video_sink import VIDEO_SUFFIXES, check_encoding, spare_threads
 from scrfdkit.video_api import SUFFIX, find_videos, output_names, output_paths
-from scrfdkit.videos import (VideoOptions, VideoSummary, describe_detection, frame_step,
-                             run_videos)
+from scrfdkit.videos import (VIDEO_TILE_GATE, VideoOptions, VideoSummary, describe_detection,
+                             frame_step, run_videos)
 
 def parse_args(argv: list[str] | None = None):
     parser = ArgumentParser(__doc__)
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     options = VideoOptions.of(args, encoder_threads=spare_threads(args.threads))
     tile = tile_setting(args)
     recipe = functools.partial(open_detector, detector_options(  # --ray: made per task
-        args, model_path, options.detect_from, tile), args.device)
+        args, model_path, options.detect_from, tile, tile_gate=VIDEO_TILE_GATE), args.device)
     detector = recipe()
     if args.crops and not detector.has_landmarks:
         raise UserError(f"--crops needs landmarks, and {display(model_path)} has none")

@@ -292,7 +292,6 @@ def add_tile_argument(parser: argparse.ArgumentParser, per: str = "photo",
 def add_keyframe_argument(parser: argparse.ArgumentParser) -> None:
     """--keyframe-interval: how often a video gets the full (tiled) search (keyframes.py)."""
     from .keyframes import DEFAULT_INTERVAL
-
     parser.add_argument("--keyframe-interval", type=positive_int, default=DEFAULT_INTERVAL,
                         metavar="K",
                         help="with tiles, the full small-face search runs on the first frame, "
@@ -357,14 +356,14 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def detector_options(args: argparse.Namespace, model_path: Path, score: float,
-                     tile: int | None) -> dict:
-    """SCRFD's keyword arguments from the options of add_detector_arguments (and --device):
-    one dict, so a script and each Ray actor make the same detector."""
+                     tile: int | None, **settings) -> dict:
+    """SCRFD's keyword arguments from add_detector_arguments' options, --device and other
+    `settings`: one dict, so a script and each Ray actor make the same detector."""
     providers = device_providers(args.device, [model_path])
     return dict(model_path=model_path, input_hw=args.size, nms_threshold=args.nms,
                 score_threshold=score, max_faces=args.max_faces, threads=args.threads,
                 tile=tile is not None, tile_face=tile or TILE_FACE,
-                runner_options={"providers": providers} if providers else None)
+                runner_options={"providers": providers} if providers else None, **settings)
 
 
 def open_detector(options: dict, device: str):

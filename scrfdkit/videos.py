@@ -83,6 +83,12 @@ class VideoOptions:
         return min(self.threshold, self.track_score) if self.blur else self.threshold
 
 
+# Keyframes get every tile: the keyframe search is how video saves passes, measured with
+# every tile (docs/video.md); a 1080p frame's letterbox shrinks faces 3x, and a face it
+# misses must still be found at the next keyframe, not gated away.
+VIDEO_TILE_GATE = None
+
+
 def video_detector(model: str | os.PathLike, options: VideoOptions, tile: int | None = None,
                    nms_threshold: float = NMS_THRESHOLD, max_faces: int = 0,
                    input_hw: tuple[int, int] | None = None, threads: int = DEFAULT_THREADS
@@ -91,7 +97,7 @@ def video_detector(model: str | os.PathLike, options: VideoOptions, tile: int | 
     `tile`: faces up to this many pixels whole in a tile, None for one pass a frame."""
     return SCRFD(model, input_hw, score_threshold=options.detect_from,
                  nms_threshold=nms_threshold, max_faces=max_faces, threads=threads,
-                 tile=tile is not None, tile_face=tile or TILE_FACE)
+                 tile=tile is not None, tile_face=tile or TILE_FACE, tile_gate=VIDEO_TILE_GATE)
 
 
 def describe_detection(detector: SCRFD, options: VideoOptions, tile: int | None) -> str:

@@ -20,6 +20,7 @@ from conftest import MODELS, REPO, SAMPLES, run_script
 from scrfdkit import SCRFD
 from scrfdkit.tiles import plan_tiles
 from scrfdkit.keyframes import KeyframeSearch
+from scrfdkit.videos import VIDEO_TILE_GATE
 from test_tiles import GRAY, SMALL_HW, iou, paste_face, wider_faces  # noqa: F401 (a fixture)
 
 sys.path.insert(0, str(REPO / "tests" / "tools"))
@@ -32,7 +33,8 @@ FACE = 28  # px: found in tiles and patches, 7 px (missed) in the whole pass
 
 @pytest.fixture(scope="module")
 def detector(det500m_onnx):
-    return SCRFD(det500m_onnx, SMALL_HW, score_threshold=0.3, threads=1, tile=True)
+    return SCRFD(det500m_onnx, SMALL_HW, score_threshold=0.3, threads=1, tile=True,
+                 tile_gate=VIDEO_TILE_GATE)  # as the video job makes it
 
 
 def moving_face(source, frames: int, start: int = 0, step: float = 3.0, scene: int = GRAY):

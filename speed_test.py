@@ -170,8 +170,9 @@ def check_inputs(args: argparse.Namespace) -> Path | None:
         models += [p for p in args.models_dir.glob("*") if p.suffix.lower() in MODEL_SUFFIXES]
     inputs = [*models, *map(metadata_path, models), *result_files(args.eval_results),
               *([image] if image else [])]
-    outputs = {"--json": args.json, "--csv": args.csv, "--markdown": args.markdown,
-               "--plot": args.plot}
+    tables_only = args.analyze or args.profile_ops or args.shared_threads  # no --json there
+    outputs = {"--json": None if tables_only else args.json, "--csv": args.csv,
+               "--markdown": args.markdown, "--plot": args.plot}
     for option, path in outputs.items():
         if path is not None:
             check_output_file(path, option)

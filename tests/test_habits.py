@@ -330,8 +330,9 @@ def test_a_speed_table_that_exists_is_kept_unless_replace_is_given(tflite_float3
     table = tmp_path / "ops.md"
     table.write_text("an earlier run's table\n")
     args = ("--profile-ops", tflite_float32, "--threads", "1", "--repeat", "1", "--iters", "1")
-    for option in ("--markdown", "--csv", "--json"):
-        run = run_main("speed_test.py", *args, option, table)
+    timing = ("--models", tflite_float32, "--threads", "1", "--repeat", "1", "--iters", "1")
+    for option, given in (("--markdown", args), ("--csv", args), ("--json", timing)):
+        run = run_main("speed_test.py", *given, option, table)
         assert run.returncode == 2, run.stderr
         assert run.stderr.startswith(f"error: {option} {table} exists: a table holds one run's "
                                      "measurements") and "--replace to replace it" in run.stderr
@@ -340,3 +341,9 @@ def test_a_speed_table_that_exists_is_kept_unless_replace_is_given(tflite_float3
     assert run.returncode == 0, run.stderr
     assert "CONV_2D" in table.read_text()
     assert "never merged" in help_text("speed_test.py")
+    # --profile-ops (like --analyze) writes no --json, so one already there (README step 7 runs
+    # --analyze after a timing run wrote the default one) is no reason to refuse, nor touched
+    kept = table.read_text()
+    run = run_main("speed_test.py", *args, "--json", table)
+    assert run.returncode == 0, run.stderr
+    assert table.read_text() == kept

@@ -104,7 +104,7 @@ $(INFERENCE_VENV)/.installed: pyproject.toml requirements-scale.txt
 	$(PYTHON) -m venv $(INFERENCE_VENV)
 	$(INFERENCE_VENV)/bin/pip install --quiet --upgrade pip
 	$(INFERENCE_VENV)/bin/pip install --quiet .
-	$(INFERENCE_VENV)/bin/pip install --quiet -r requirements-scale.txt pytest==9.2.0
+	$(INFERENCE_VENV)/bin/pip install --quiet -r requirements-scale.txt pytest==9.2.0 wheel==0.48.0
 	touch $@
 
 test-inference: $(INFERENCE_VENV)/.installed

@@ -19,6 +19,8 @@ from conftest import REPO, SAMPLES, TEST_HW, run_main, run_script
 PHOTOS = ("friends.jpg", "two_people.jpg", "group_t1.jpg")
 HW_FLAG = f"{TEST_HW[0]}x{TEST_HW[1]}"
 MEDIAPIPE_TOOL = REPO / "tests" / "tools" / "mediapipe_faces.py"
+sys.path.insert(0, str(MEDIAPIPE_TOOL.parent))
+from mediapipe_faces import iou  # noqa: E402  (the tool's own IoU, shared with its check)
 
 
 def _export_kind(fixed_onnx: Path, cache_dir: Path, name: str, *options: str) -> Path:
@@ -60,14 +62,6 @@ def io_types(path: Path) -> tuple[list[str], dict[str, str]]:
     interpreter = Interpreter(model_path=str(path))
     return ([np.dtype(d["dtype"]).name for d in interpreter.get_input_details()],
             {d["name"]: np.dtype(d["dtype"]).name for d in interpreter.get_output_details()})
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    x1, y1 = np.maximum(a[:, None, 0], b[:, 0]), np.maximum(a[:, None, 1], b[:, 1])
-    x2, y2 = np.minimum(a[:, None, 2], b[:, 2]), np.minimum(a[:, None, 3], b[:, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = lambda c: (c[:, 2] - c[:, 0]) * (c[:, 3] - c[:, 1])  # noqa: E731
-    return inter / (area(a)[:, None] + area(b) - inter)
 
 
 def test_decoded_equals_the_python_pipeline_on_the_raw_export(decoded, tflite_float32):
